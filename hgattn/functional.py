@@ -1,0 +1,345 @@
+r"""The exact HSA operator: section 4 of the spec computed by the dynamic programme of section 5.
+
+Passes (``T`` tree nodes, ``N`` leaves, ``H`` heads, ``d`` head size):
+
+1. upward means ``rho_q, rho_k, rho_v`` of the inner nodes, one scatter per level;
+2. family attention over all sibling pairs at once, as padded dense blocks with recomputation in the backward
+   pass (a flash-attention-style custom autograd function): sibling mass ``e(B)`` and summary ``theta(B)``;
+3. upward self mass ``a(A)`` and partition ``z(A)``, one scatter per level (scalars per head);
+4. downward gates and outputs, one gather per level.
+
+Time and memory are ``O(P d + T d)`` with ``P`` the number of ordered sibling pairs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .hierarchy import NEG, FamilyBlock, GatherSpec, Hierarchy
+
+__all__ = ["hsa", "HSAAttention"]
+
+
+@dataclass
+class HSAAttention:
+    r"""HSA's attention matrix in factored form.
+
+    For siblings ``B != S``, every entry :math:`\Theta_{ij}` with ``i`` below ``B`` and ``j`` below ``S`` equals
+    ``sibling_weight`` of the pair; with ``include_self`` the diagonal is ``self_weight``; every other entry is 0.
+
+    Attributes:
+        sibling_index: ``[2, P]`` ordered sibling pairs ``(B, S)`` (node ids), as :attr:`Hierarchy.sibling_index`.
+        sibling_weight: ``[P, H]`` the per-entry weight of each pair's block.
+        self_weight: ``[N, H]`` the diagonal (zeros without ``include_self``).
+        hierarchy: the hierarchy the weights refer to.
+    """
+
+    sibling_index: Tensor
+    sibling_weight: Tensor
+    self_weight: Tensor
+    hierarchy: Hierarchy
+
+    def to_dense(self) -> Tensor:
+        """The full ``[H, N, N]`` matrix (for small inputs: memory is ``O(P N)``)."""
+        cover = leaf_cover(self.hierarchy).to(self.sibling_weight.dtype)
+        b, s = self.sibling_index
+        theta = torch.einsum("pi,ph,pj->hij", cover[b], self.sibling_weight, cover[s])
+        return theta + torch.diag_embed(self.self_weight.t())
+
+
+def leaf_cover(hierarchy: Hierarchy) -> Tensor:
+    """``[T, N]`` bool: ``cover[A, i]`` is True when leaf ``i`` lies below (or is) node ``A``."""
+    h = hierarchy
+    cover = torch.zeros(h.num_nodes, h.num_leaves, dtype=torch.bool, device=h.device)
+    rows = torch.arange(h.num_leaves, device=h.device)
+    node = h.leaf_node
+    for _ in range(h.num_levels):
+        alive = node >= 0
+        cover[node[alive], rows[alive]] = True
+        node = torch.where(alive, h.parent[node.clamp(min=0)], -1)
+    return cover
+
+
+def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos: Tensor | None = None,
+        include_self: bool = False, scale: float | None = None, return_attention: bool = False,
+        ) -> Tensor | tuple[Tensor, HSAAttention]:
+    r"""Hierarchical Self-Attention (Amizadeh et al., NeurIPS 2025, https://arxiv.org/abs/2509.15448).
+
+    HSA's attention matrix is the row-stochastic matrix closest in KL to softmax attention under the
+    constraint that attention between two sibling subtrees is uniform:
+
+    .. math::
+        \Theta = \arg\min \sum_i \mathrm{KL}(\Theta_i \,\|\, \mathrm{softmax}_i(s)), \qquad
+        s_{ij} = \frac{q_i^\top k_j}{\sqrt{d}} + \langle \mathrm{pos}_{A'}, \mathrm{pos}_{B'} \rangle,
+
+    where ``A', B'`` are the highest distinct ancestors of leaves ``i, j``; the output is
+    :math:`o_i = \sum_j \Theta_{ij} v_j`. It is computed exactly, in time and memory linear in the number of
+    tree nodes for a bounded branching factor.
+
+    Args:
+        query, key, value: ``[N, H, d]`` (or ``[N, d]`` for one head), rows in leaf order.
+        hierarchy: the tree or forest; attention never crosses trees.
+        pos: optional ``[T, C]`` (shared by the heads) or ``[T, H, C]`` position embedding per tree node,
+            giving the sibling term ``<pos[B], pos[S]>`` and, with ``include_self``, ``<pos[i], pos[i]>``.
+        include_self: let a leaf attend to itself (standard transformer form); otherwise the diagonal is 0.
+        scale: logit scale, default ``1 / sqrt(d)``.
+        return_attention: also return the attention in factored form (:class:`HSAAttention`).
+
+    Returns:
+        ``[N, H, d]`` (the shape of ``value``), and the :class:`HSAAttention` when requested. Half-precision
+        inputs are computed in float32 and returned in their own dtype.
+    """
+    q, k, v, pos, one_head = _check_inputs(query, key, value, hierarchy, pos)
+    out_dtype = value.dtype
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    pos = pos.to(dtype) if pos is not None else None
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
+    h = hierarchy
+
+    q_in, k_in, v_in = (_inner_means(x, h) for x in (q, k, v))
+    e, theta = _FamilyAttention.apply(q, k, v, q_in, k_in, v_in, pos, h.blocks, h.num_nodes, scale)
+    self_logit = _self_logits(q, k, pos, h, scale) if include_self else None
+    a, z = _upward_mass(e, self_logit, h)
+    out, log_reach = _downward(e, theta, a, z, v if include_self else None, h)
+    out = out.to(out_dtype)
+    if one_head:
+        out = out.squeeze(1)
+    if not return_attention:
+        return out
+    return out, _factored_attention(q, k, q_in, k_in, pos, a, z, log_reach, include_self, h, scale)
+
+
+def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: Tensor | None):
+    if not isinstance(h, Hierarchy):
+        raise TypeError(f"hierarchy must be a hgattn.Hierarchy, got {type(h).__name__}")
+    one_head = query.dim() == 2
+    tensors = {"query": query, "key": key, "value": value}
+    for name, x in tensors.items():
+        if x.dim() != (2 if one_head else 3):
+            raise ValueError(f"{name} must be [N, H, d] or [N, d] like query, got shape {list(x.shape)}")
+        if x.size(0) != h.num_leaves:
+            raise ValueError(f"{name} has {x.size(0)} rows but the hierarchy has {h.num_leaves} leaves")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        if x.device != h.device:
+            raise ValueError(f"{name} is on {x.device} but the hierarchy is on {h.device}; "
+                             "use hierarchy.to(device)")
+    if query.shape != key.shape:
+        raise ValueError(f"query {list(query.shape)} and key {list(key.shape)} must have the same shape")
+    if value.shape[:-1] != query.shape[:-1]:
+        raise ValueError(f"value {list(value.shape)} must match query {list(query.shape)} but in the last dim")
+    if one_head:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+    if pos is not None:
+        if pos.size(0) != h.num_nodes or pos.dim() not in (2, 3) or (
+                pos.dim() == 3 and pos.size(1) != query.size(1)):
+            raise ValueError(f"pos must be [T, C] or [T, H, C] with T={h.num_nodes} tree nodes and "
+                             f"H={query.size(1)}, got shape {list(pos.shape)}")
+        tensors["pos"] = pos
+        pos = pos.unsqueeze(1) if pos.dim() == 2 else pos
+    if not torch.compiler.is_compiling():
+        for name, x in tensors.items():
+            if not bool(torch.isfinite(x).all()):
+                raise ValueError(f"{name} contains NaN or infinite values")
+    return query, key, value, pos, one_head
+
+
+def _inner_means(x: Tensor, h: Hierarchy) -> Tensor:
+    """``[K, H, d]`` mean of ``x`` over the leaves below each inner node (inner order), one scatter per level."""
+    base = x.new_zeros((h.num_inner + 1,) + x.shape[1:]).index_add(0, h.leaf_parent_inner, x)
+    sums, below = [], None
+    for level in reversed(h.levels):
+        total = base[level.inner_start:level.inner_stop]
+        if below is not None and below.numel():
+            total = total.index_add(0, below_parent, below)
+        sums.append(total)
+        below, below_parent = total, level.inner_parent_local
+    sums.reverse()
+    count = h.inner_leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
+    return torch.cat(sums) / count
+
+
+def _self_logits(q: Tensor, k: Tensor, pos: Tensor | None, h: Hierarchy, scale: float) -> Tensor:
+    """``[N, H]`` diagonal logits ``s_ii``."""
+    logit = (q * k).sum(-1) * scale
+    if pos is not None:
+        logit = logit + pos[h.leaf_node].square().sum(-1)
+    return logit
+
+
+def _upward_mass(e: Tensor, self_logit: Tensor | None, h: Hierarchy) -> tuple[list[Tensor], list[Tensor]]:
+    """Per level ``a`` (self mass) and ``z`` (partition), ``[n_level, H]`` each, deepest level first."""
+    a_levels, z_levels, below = [None] * h.num_levels, [None] * h.num_levels, None
+    for depth in range(h.num_levels - 1, -1, -1):
+        level = h.levels[depth]
+        e_level = e[level.start:level.stop]
+        a = e_level.new_zeros(e_level.shape).masked_fill(level.leaf_mask[:, None], NEG)
+        if self_logit is not None and level.leaf_local.numel():
+            a = a.index_copy(0, level.leaf_local, self_logit[level.leaf_row])
+        if below is not None:
+            a = a.index_add(0, below_level.parent_local, below * below_level.child_weight.to(e.dtype)[:, None])
+        z = torch.logaddexp(a, e_level)
+        a_levels[depth], z_levels[depth] = a, z
+        below, below_level = z, level
+    return a_levels, z_levels
+
+
+def _downward(e: Tensor, theta: Tensor, a: list[Tensor], z: list[Tensor], v: Tensor | None,
+              h: Hierarchy) -> tuple[Tensor, list[Tensor]]:
+    """Outputs ``[N, H, d]`` from the gates, one gather per level; also ``log prod mu`` above each node."""
+    outs, reach, y = [], [], None
+    u = e.new_zeros(h.levels[0].stop, e.size(1))
+    for depth, level in enumerate(h.levels):
+        if depth:
+            up = level.parent_local
+            u = (u + a[depth - 1] - z[depth - 1])[up]
+            y = y[up]
+        reach.append(u)
+        gain = torch.exp(u + e[level.start:level.stop] - z[depth]).unsqueeze(-1)
+        y = gain * theta[level.start:level.stop] if y is None else y + gain * theta[level.start:level.stop]
+        if level.leaf_local.numel():
+            leaf_y = y if level.leaf_local.numel() == y.size(0) else y[level.leaf_local]
+            if v is not None:
+                keep = torch.exp(u + a[depth] - z[depth])[level.leaf_local].unsqueeze(-1)
+                leaf_y = leaf_y + keep * v[level.leaf_row]
+            outs.append(leaf_y)
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return (out if h.leaf_gather is None else out[h.leaf_gather]), reach
+
+
+def _factored_attention(q, k, q_in, k_in, pos, a, z, reach, include_self, h: Hierarchy,
+                        scale: float) -> HSAAttention:
+    b, s = h.sibling_index
+    logit = (_node_rows(b, q, q_in, h) * _node_rows(s, k, k_in, h)).sum(-1) * scale
+    if pos is not None:
+        logit = logit + (pos[b] * pos[s]).sum(-1)
+    u, z_all = torch.cat(reach), torch.cat(z)
+    slot_b = h.node_slot[b]
+    weight = torch.exp(u[slot_b] + logit - z_all[slot_b])
+    slot_leaf = h.node_slot[h.leaf_node]
+    if include_self:
+        self_weight = torch.exp(u[slot_leaf] + torch.cat(a)[slot_leaf] - z_all[slot_leaf])
+    else:
+        self_weight = q.new_zeros(h.num_leaves, q.size(1))
+    return HSAAttention(h.sibling_index, weight, self_weight, h)
+
+
+def _node_rows(nodes: Tensor, leaf_x: Tensor, inner_x: Tensor, h: Hierarchy) -> Tensor:
+    """Rows of arbitrary nodes from leaf rows and inner rows."""
+    leaf = h.is_leaf[nodes]
+    return torch.where(leaf[:, None, None], leaf_x[h.node_leaf[nodes].clamp(min=0)],
+                       inner_x[h.inner_index[nodes].clamp(min=0)])
+
+
+# ---------------------------------------------------------------------- family attention
+def _gather(spec: GatherSpec, leaf_x: Tensor, inner_x: Tensor) -> Tensor:
+    """Rows of a block ``[size, ...]`` from leaf rows and inner rows; padding rows are zero."""
+    if spec.leaf_start >= 0:
+        return leaf_x.narrow(0, spec.leaf_start, spec.size)
+    out = leaf_x.new_zeros((spec.size,) + leaf_x.shape[1:])
+    if spec.leaf_pos.numel():
+        out.index_copy_(0, spec.leaf_pos, leaf_x.index_select(0, spec.leaf_row))
+    if spec.inner_pos.numel():
+        out.index_copy_(0, spec.inner_pos, inner_x.index_select(0, spec.inner_row))
+    return out
+
+
+def _scatter_add(spec: GatherSpec, grad: Tensor, leaf_g: Tensor, inner_g: Tensor) -> None:
+    """Adjoint of :func:`_gather`: add block rows back into leaf and inner gradients."""
+    if spec.leaf_start >= 0:
+        leaf_g.narrow(0, spec.leaf_start, spec.size).add_(grad)
+        return
+    if spec.leaf_pos.numel():
+        leaf_g.index_add_(0, spec.leaf_row, grad.index_select(0, spec.leaf_pos))
+    if spec.inner_pos.numel():
+        inner_g.index_add_(0, spec.inner_row, grad.index_select(0, spec.inner_pos))
+
+
+def _to_heads(x: Tensor, families: int) -> Tensor:
+    """``[F * R, H, c]`` -> ``[F, H, R, c]``."""
+    return x.view(families, -1, *x.shape[1:]).transpose(1, 2)
+
+
+def _from_heads(x: Tensor) -> Tensor:
+    """``[F, H, R, ...]`` -> ``[F * R, H, ...]``."""
+    return x.transpose(1, 2).reshape(-1, *x.shape[1:2], *x.shape[3:])
+
+
+class _BlockInputs:
+    """The dense operands of one block, gathered from leaf and inner rows."""
+
+    def __init__(self, block: FamilyBlock, q, k, v, q_in, k_in, v_in, pos, scale: float) -> None:
+        fam = block.families
+        self.q = _to_heads(_gather(block.rows, q, q_in), fam)
+        self.k = _to_heads(_gather(block.cols, k, k_in), fam)
+        self.v = _to_heads(_gather(block.cols, v, v_in), fam)
+        logit = torch.matmul(self.q, self.k.transpose(-1, -2)).mul_(scale)
+        self.pos_rows = self.pos_cols = None
+        if pos is not None:
+            self.pos_rows = _to_heads(pos.index_select(0, block.rows.node), fam)
+            self.pos_cols = _to_heads(pos.index_select(0, block.cols.node), fam)
+            logit += torch.matmul(self.pos_rows, self.pos_cols.transpose(-1, -2))
+        logit += block.log_count.to(logit.dtype)[:, None, None, :]
+        logit.diagonal(offset=block.row_start, dim1=-2, dim2=-1).fill_(NEG)
+        self.lse = torch.logsumexp(logit, dim=-1)
+        self.weight = logit.sub_(self.lse.unsqueeze(-1)).exp_()
+
+
+class _FamilyAttention(torch.autograd.Function):
+    """Sibling mass ``e`` ``[T, H]`` and summary ``theta`` ``[T, H, d]`` (level order) of every node.
+
+    Nodes without siblings get ``e = NEG`` and ``theta = 0``. The backward pass recomputes each block.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, q_in, k_in, v_in, pos, blocks, num_nodes, scale):
+        heads, dim = v.shape[1:]
+        e = q.new_full((num_nodes, heads), NEG)
+        theta = q.new_zeros(num_nodes, heads, dim)
+        for block in blocks:
+            inputs = _BlockInputs(block, q, k, v, q_in, k_in, v_in, pos, scale)
+            rows = block.rows
+            e.index_copy_(0, rows.valid_slot, _from_heads(inputs.lse).index_select(0, rows.valid_pos))
+            out = _from_heads(torch.matmul(inputs.weight, inputs.v))
+            theta.index_copy_(0, rows.valid_slot, out.index_select(0, rows.valid_pos))
+        ctx.save_for_backward(q, k, v, q_in, k_in, v_in, pos)
+        ctx.blocks, ctx.scale = blocks, scale
+        return e, theta
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_e, grad_theta):
+        q, k, v, q_in, k_in, v_in, pos = ctx.saved_tensors
+        grads = [torch.zeros_like(x) for x in (q, k, v, q_in, k_in, v_in)]
+        grad_pos = torch.zeros_like(pos) if pos is not None else None
+        for block in ctx.blocks:
+            inputs = _BlockInputs(block, q, k, v, q_in, k_in, v_in, pos, ctx.scale)
+            _block_backward(block, inputs, grad_e, grad_theta, grads, grad_pos, ctx.scale)
+        return (*grads, grad_pos, None, None, None)
+
+
+def _block_backward(block: FamilyBlock, inputs: _BlockInputs, grad_e: Tensor, grad_theta: Tensor,
+                    grads: list[Tensor], grad_pos: Tensor | None, scale: float) -> None:
+    rows, cols, fam = block.rows, block.cols, block.families
+    g_e = grad_e.new_zeros(rows.size, grad_e.size(1))
+    g_e.index_copy_(0, rows.valid_pos, grad_e.index_select(0, rows.valid_slot))
+    g_theta = grad_theta.new_zeros((rows.size,) + grad_theta.shape[1:])
+    g_theta.index_copy_(0, rows.valid_pos, grad_theta.index_select(0, rows.valid_slot))
+    g_e, g_theta = _to_heads(g_e.unsqueeze(-1), fam).squeeze(-1), _to_heads(g_theta, fam)
+    w = inputs.weight
+    g_w = torch.matmul(g_theta, inputs.v.transpose(-1, -2))
+    g_logit = (g_w - (g_w * w).sum(-1, keepdim=True) + g_e.unsqueeze(-1)).mul_(w)
+    gq, gk, gv, gq_in, gk_in, gv_in = grads
+    _scatter_add(rows, _from_heads(torch.matmul(g_logit, inputs.k).mul_(scale)), gq, gq_in)
+    _scatter_add(cols, _from_heads(torch.matmul(g_logit.transpose(-1, -2), inputs.q).mul_(scale)), gk, gk_in)
+    _scatter_add(cols, _from_heads(torch.matmul(w.transpose(-1, -2), g_theta)), gv, gv_in)
+    if grad_pos is not None:
+        g_pos_logit = g_logit if inputs.pos_rows.size(1) > 1 else g_logit.sum(1, keepdim=True)
+        grad_pos.index_add_(0, rows.node, _from_heads(torch.matmul(g_pos_logit, inputs.pos_cols)))
+        grad_pos.index_add_(0, cols.node, _from_heads(torch.matmul(g_pos_logit.transpose(-1, -2),
+                                                                   inputs.pos_rows)))

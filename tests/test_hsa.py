@@ -1,0 +1,263 @@
+"""The fast DP (`hgattn.hsa`) against the float64 closed-form reference (`hgattn.reference`)."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hgattn import Hierarchy, hsa
+from hgattn.reference import attention_matrix, hsa_reference
+from trees import (LONE_LEAF, ONE_LEAF_CHAIN, ONE_LEAF_ROOT, UNARY_CHAIN, UNBALANCED, flat_tree, forest,
+                   random_forest, random_tree)
+
+DOUBLE = torch.float64
+
+
+def relabel(parent: list[int], rng: random.Random) -> tuple[list[int], list[int]]:
+    """Shuffle node ids; returns the new parent list and, per new leaf row, the old leaf row."""
+    order = list(range(len(parent)))
+    rng.shuffle(order)
+    new_of = {old: new for new, old in enumerate(order)}
+    new_parent = [-1 if parent[old] < 0 else new_of[parent[old]] for old in order]
+    old_leaves = [v for v in range(len(parent)) if v not in set(parent)]
+    old_row = {v: r for r, v in enumerate(old_leaves)}
+    new_leaves = sorted(new_of[v] for v in old_leaves)
+    return new_parent, [old_row[order[v]] for v in new_leaves]
+
+
+def random_case(seed: int) -> list[int]:
+    """A random forest (1-3 trees of 1-24 leaves), ids shuffled on odd seeds."""
+    rng = random.Random(seed)
+    counts = [rng.randint(1, 24) for _ in range(rng.randint(1, 3))]
+    parent = random_forest(rng, counts, max_children=rng.randint(2, 6), chain_prob=rng.choice([0.0, 0.2, 0.4]))
+    return relabel(parent, rng)[0] if seed % 2 else parent
+
+
+def make_inputs(parent: list[int], heads: int = 2, dim: int = 5, pos_dim: int | None = 3, seed: int = 0,
+                dtype: torch.dtype = DOUBLE, requires_grad: bool = False):
+    gen = torch.Generator().manual_seed(seed)
+    num_leaves = len([v for v in range(len(parent)) if v not in set(parent)])
+    q, k, v = (torch.randn(num_leaves, heads, dim, generator=gen, dtype=DOUBLE) for _ in range(3))
+    pos = None if pos_dim is None else 0.5 * torch.randn(len(parent), pos_dim, generator=gen, dtype=DOUBLE)
+    tensors = [t.to(dtype).requires_grad_(requires_grad) if t is not None else None for t in (q, k, v, pos)]
+    return tensors
+
+
+def gradients(out: torch.Tensor, inputs: list, upstream: torch.Tensor) -> list[torch.Tensor]:
+    """d <out, upstream> / d inputs, zeros for inputs the output does not depend on."""
+    used = [x for x in inputs if x is not None]
+    grads = torch.autograd.grad((out * upstream).sum(), used, allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(used, grads)]
+
+
+FIXED = {"unbalanced": UNBALANCED, "unary_chain": UNARY_CHAIN, "lone_leaf": LONE_LEAF,
+         "one_leaf_root": ONE_LEAF_ROOT, "one_leaf_chain": ONE_LEAF_CHAIN, "flat": flat_tree(6),
+         "forest": forest(UNBALANCED, ONE_LEAF_ROOT, flat_tree(3), ONE_LEAF_CHAIN, UNARY_CHAIN)}
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_random_trees_match_reference(seed: int) -> None:
+    parent = random_case(seed)
+    include_self, use_pos = bool(seed % 3), seed % 4 != 0
+    q, k, v, pos = make_inputs(parent, pos_dim=3 if use_pos else None, seed=seed)
+    out = hsa(q, k, v, Hierarchy.from_parent(parent), pos=pos, include_self=include_self)
+    ref = hsa_reference(q, k, v, parent, pos=pos, include_self=include_self)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", FIXED)
+@pytest.mark.parametrize("include_self", [False, True])
+@pytest.mark.parametrize("pos_dim", [None, 3])
+def test_fixed_trees_match_reference_values_and_gradients(name: str, include_self: bool, pos_dim) -> None:
+    parent = FIXED[name]
+    inputs = make_inputs(parent, pos_dim=pos_dim, requires_grad=True)
+    upstream = torch.randn(inputs[2].shape, dtype=DOUBLE, generator=torch.Generator().manual_seed(1))
+    out = hsa(*inputs[:3], Hierarchy.from_parent(parent), pos=inputs[3], include_self=include_self)
+    ref = hsa_reference(*inputs[:3], parent, pos=inputs[3], include_self=include_self)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    for g, r in zip(gradients(out, inputs, upstream), gradients(ref, inputs, upstream)):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_gradients_match_reference(seed: int) -> None:
+    parent = random_case(1000 + seed)
+    include_self = bool(seed % 2)
+    inputs = make_inputs(parent, seed=seed, requires_grad=True)
+    upstream = torch.randn(inputs[2].shape, dtype=DOUBLE, generator=torch.Generator().manual_seed(seed))
+    out = hsa(*inputs[:3], Hierarchy.from_parent(parent), pos=inputs[3], include_self=include_self)
+    ref = hsa_reference(*inputs[:3], parent, pos=inputs[3], include_self=include_self)
+    for g, r in zip(gradients(out, inputs, upstream), gradients(ref, inputs, upstream)):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["unbalanced", "unary_chain", "one_leaf_chain", "forest"])
+@pytest.mark.parametrize("include_self", [False, True])
+def test_gradcheck(name: str, include_self: bool) -> None:
+    parent = FIXED[name]
+    h = Hierarchy.from_parent(parent)
+    inputs = make_inputs(parent, heads=2, dim=3, pos_dim=2, requires_grad=True)
+    torch.autograd.gradcheck(lambda q, k, v, p: hsa(q, k, v, h, pos=p, include_self=include_self), inputs)
+
+
+def test_per_head_positions_match_reference() -> None:
+    parent = FIXED["forest"]
+    q, k, v, _ = make_inputs(parent, heads=3)
+    pos = torch.randn(len(parent), 3, 2, dtype=DOUBLE)
+    for include_self in (False, True):
+        out = hsa(q, k, v, Hierarchy.from_parent(parent), pos=pos, include_self=include_self)
+        ref = hsa_reference(q, k, v, parent, pos=pos, include_self=include_self)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("num_leaves", [1, 2, 7, 40])
+def test_flat_tree_is_softmax_attention(num_leaves: int) -> None:
+    h = Hierarchy.from_parent(flat_tree(num_leaves))
+    q, k, v = (torch.randn(num_leaves, 4, 8, dtype=DOUBLE) for _ in range(3))
+    heads_first = [x.transpose(0, 1) for x in (q, k, v)]
+    sdpa = F.scaled_dot_product_attention(*heads_first).transpose(0, 1)
+    torch.testing.assert_close(hsa(q, k, v, h, include_self=True), sdpa, rtol=0, atol=1e-12)
+    logits = torch.einsum("ihd,jhd->hij", q, k) / 8 ** 0.5
+    logits = logits.masked_fill(torch.eye(num_leaves, dtype=torch.bool), float("-inf"))
+    masked = torch.einsum("hij,jhd->ihd", torch.softmax(logits, -1).nan_to_num(0.0), v)
+    torch.testing.assert_close(hsa(q, k, v, h), masked, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", FIXED)
+@pytest.mark.parametrize("include_self", [False, True])
+def test_factored_attention_is_theta(name: str, include_self: bool) -> None:
+    parent = FIXED[name]
+    q, k, v, pos = make_inputs(parent)
+    h = Hierarchy.from_parent(parent)
+    out, attention = hsa(q, k, v, h, pos=pos, include_self=include_self, return_attention=True)
+    theta = attention.to_dense()
+    torch.testing.assert_close(theta, attention_matrix(q, k, parent, pos=pos, include_self=include_self),
+                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.einsum("hij,jhd->ihd", theta, v), out, rtol=0, atol=1e-12)
+    rows = theta.sum(-1)
+    no_target = rows.abs() < 1e-12
+    torch.testing.assert_close(rows[~no_target], torch.ones_like(rows[~no_target]))
+    assert attention.sibling_weight.shape == (h.sibling_index.size(1), 2)
+
+
+def test_row_sums_on_random_forests() -> None:
+    for seed in range(10):
+        parent = random_case(seed)
+        q, k, v, pos = make_inputs(parent, seed=seed)
+        h = Hierarchy.from_parent(parent)
+        alone = h.leaf_count[h.root[h.leaf_node]] == 1
+        for include_self in (False, True):
+            _, attention = hsa(q, k, v, h, pos=pos, include_self=include_self, return_attention=True)
+            rows = attention.to_dense().sum(-1)
+            expected = torch.where(alone & (not include_self), 0.0, 1.0).to(DOUBLE)
+            torch.testing.assert_close(rows, expected.expand_as(rows), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_relabelling_invariance(seed: int) -> None:
+    rng = random.Random(seed)
+    parent = random_forest(rng, [9, 5, 1], max_children=4, chain_prob=0.3)
+    new_parent, old_row = relabel(parent, rng)
+    q, k, v, _ = make_inputs(parent, pos_dim=None, seed=seed)
+    out = hsa(q, k, v, Hierarchy.from_parent(parent), include_self=True)
+    new_out = hsa(q[old_row], k[old_row], v[old_row], Hierarchy.from_parent(new_parent), include_self=True)
+    torch.testing.assert_close(new_out, out[old_row], rtol=0, atol=1e-12)
+
+
+def test_forest_equals_trees_run_separately() -> None:
+    rng = random.Random(7)
+    trees = [random_tree(rng, n, max_children=5, chain_prob=0.2) for n in (11, 1, 6, 17)]
+    q, k, v, pos = make_inputs(forest(*trees), seed=3)
+    for include_self in (False, True):
+        out = hsa(q, k, v, Hierarchy.from_parent(forest(*trees)), pos=pos, include_self=include_self)
+        row = node = 0
+        for tree in trees:
+            n_leaves = len([x for x in range(len(tree)) if x not in set(tree)])
+            rows, nodes = slice(row, row + n_leaves), slice(node, node + len(tree))
+            alone = hsa(q[rows], k[rows], v[rows], Hierarchy.from_parent(tree), pos=pos[nodes],
+                        include_self=include_self)
+            torch.testing.assert_close(out[rows], alone, rtol=0, atol=1e-12)
+            row, node = row + n_leaves, node + len(tree)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("include_self", [False, True])
+def test_low_precision_error_within_twice_naive(dtype: torch.dtype, include_self: bool) -> None:
+    parent = random_forest(random.Random(3), [30, 12], max_children=6, chain_prob=0.2)
+    q, k, v, pos = make_inputs(parent, heads=2, dim=16, seed=5)
+    exact = hsa_reference(q, k, v, parent, pos=pos, include_self=include_self)
+    low = [x.to(dtype) for x in (q, k, v, pos)]
+    out = hsa(*low[:3], Hierarchy.from_parent(parent), pos=low[3], include_self=include_self)
+    naive = hsa_reference(*low[:3], parent, pos=low[3], include_self=include_self, dtype=dtype)
+    assert out.dtype == dtype
+    error = (out.double() - exact).abs().max()
+    naive_error = (naive.double() - exact).abs().max()
+    assert error <= 2 * naive_error, (error, naive_error)
+
+
+@pytest.mark.parametrize("include_self", [False, True])
+def test_huge_logits_stay_finite(include_self: bool) -> None:
+    parent = FIXED["forest"]
+    q, k, v, pos = make_inputs(parent, dim=4, seed=2, dtype=torch.float32)
+    q = (q * 5e3).requires_grad_()
+    k = (k * 5e3).requires_grad_()
+    pos = (pos * 100).requires_grad_()
+    out = hsa(q, k, v, Hierarchy.from_parent(parent), pos=pos, include_self=include_self)
+    out.square().sum().backward()
+    for t in (out, q.grad, k.grad, pos.grad):
+        assert torch.isfinite(t).all()
+    ref = hsa_reference(q, k, v, parent, pos=pos, include_self=include_self)
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-3)
+
+
+def test_one_head_shape_scale_and_dtype() -> None:
+    parent = FIXED["unbalanced"]
+    q, k, v, pos = make_inputs(parent, heads=1)
+    out = hsa(q[:, 0], k[:, 0], v[:, 0], Hierarchy.from_parent(parent), pos=pos, scale=0.3)
+    assert out.shape == v[:, 0].shape
+    ref = hsa_reference(q, k, v, parent, pos=pos, scale=0.3)[:, 0]
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def test_value_dim_may_differ() -> None:
+    parent = FIXED["unary_chain"]
+    q, k, _, pos = make_inputs(parent, heads=2, dim=4)
+    v = torch.randn(q.size(0), 2, 7, dtype=DOUBLE)
+    out = hsa(q, k, v, Hierarchy.from_parent(parent), pos=pos, include_self=True)
+    torch.testing.assert_close(out, hsa_reference(q, k, v, parent, pos=pos, include_self=True),
+                               rtol=0, atol=1e-12)
+
+
+def test_large_family_split_into_row_blocks(monkeypatch) -> None:
+    import hgattn.hierarchy as hierarchy_module
+
+    monkeypatch.setattr(hierarchy_module, "BLOCK_BUDGET", 64)
+    parent = forest(flat_tree(23), random_tree(random.Random(1), 30, max_children=9))
+    h = Hierarchy.from_parent(parent)
+    assert any(block.num_rows < block.width for block in h.blocks)
+    inputs = make_inputs(parent, requires_grad=True)
+    out = hsa(*inputs[:3], h, pos=inputs[3], include_self=True)
+    ref = hsa_reference(*inputs[:3], parent, pos=inputs[3], include_self=True)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    upstream = torch.randn_like(out)
+    for g, r in zip(gradients(out, inputs, upstream), gradients(ref, inputs, upstream)):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda q, k, v, h: hsa(q[:-1], k[:-1], v[:-1], h), "rows but the hierarchy has"),
+    (lambda q, k, v, h: hsa(q, k[..., :-1], v, h), "same shape"),
+    (lambda q, k, v, h: hsa(q, k, v[:, :1], h), "must match query"),
+    (lambda q, k, v, h: hsa(q.int(), k, v, h), "floating-point"),
+    (lambda q, k, v, h: hsa(q, k, v, h, pos=torch.zeros(3, 2)), "pos must be"),
+    (lambda q, k, v, h: hsa(q.clone().index_fill_(0, torch.tensor([1]), float("nan")), k, v, h), "NaN"),
+    (lambda q, k, v, h: hsa(q, k, v.clone().index_fill_(0, torch.tensor([0]), float("inf")), h), "NaN"),
+    (lambda q, k, v, h: hsa(q, k, v, h.parent), "hgattn.Hierarchy"),
+])
+def test_bad_inputs_raise_clear_errors(bad, message: str) -> None:
+    parent = FIXED["unbalanced"]
+    q, k, v, _ = make_inputs(parent)
+    with pytest.raises((ValueError, TypeError), match=message):
+        bad(q, k, v, Hierarchy.from_parent(parent))
