@@ -144,7 +144,7 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: 
         pos = pos.unsqueeze(1) if pos.dim() == 2 else pos
     if not torch.compiler.is_compiling():
         for name, x in tensors.items():
-            if not bool(torch.isfinite(x).all()):
+            if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
                 raise ValueError(f"{name} contains NaN or infinite values")
     return query, key, value, pos, one_head
 
@@ -237,61 +237,77 @@ def _node_rows(nodes: Tensor, leaf_x: Tensor, inner_x: Tensor, h: Hierarchy) -> 
 
 
 # ---------------------------------------------------------------------- family attention
-def _gather(spec: GatherSpec, leaf_x: Tensor, inner_x: Tensor) -> Tensor:
-    """Rows of a block ``[size, ...]`` from leaf rows and inner rows; padding rows are zero."""
+def _gather(spec: GatherSpec, leaf_x: Tensor, inner_x: Tensor, families: int) -> Tensor:
+    """Block rows heads-first, ``[H, F, size / F, d]``, from leaf and inner rows ``[*, H, d]``; padding is 0."""
+    heads, dim = leaf_x.shape[1:]
     if spec.leaf_start >= 0:
-        return leaf_x.narrow(0, spec.leaf_start, spec.size)
-    out = leaf_x.new_zeros((spec.size,) + leaf_x.shape[1:])
-    if spec.leaf_pos.numel():
-        out.index_copy_(0, spec.leaf_pos, leaf_x.index_select(0, spec.leaf_row))
-    if spec.inner_pos.numel():
-        out.index_copy_(0, spec.inner_pos, inner_x.index_select(0, spec.inner_row))
-    return out
+        out = leaf_x.narrow(0, spec.leaf_start, spec.size).transpose(0, 1).contiguous()
+    else:
+        out = leaf_x.new_zeros(heads, spec.size, dim)
+        if spec.leaf_pos.numel():
+            out.index_copy_(1, spec.leaf_pos, leaf_x.index_select(0, spec.leaf_row).transpose(0, 1))
+        if spec.inner_pos.numel():
+            out.index_copy_(1, spec.inner_pos, inner_x.index_select(0, spec.inner_row).transpose(0, 1))
+    return out.view(heads, families, -1, dim)
 
 
 def _scatter_add(spec: GatherSpec, grad: Tensor, leaf_g: Tensor, inner_g: Tensor) -> None:
-    """Adjoint of :func:`_gather`: add block rows back into leaf and inner gradients."""
+    """Adjoint of :func:`_gather`: add ``[H, F, R, d]`` block rows into ``[*, H, d]`` gradients."""
+    grad = grad.reshape(grad.size(0), spec.size, grad.size(-1))
     if spec.leaf_start >= 0:
-        leaf_g.narrow(0, spec.leaf_start, spec.size).add_(grad)
+        leaf_g.narrow(0, spec.leaf_start, spec.size).add_(grad.transpose(0, 1))
         return
     if spec.leaf_pos.numel():
-        leaf_g.index_add_(0, spec.leaf_row, grad.index_select(0, spec.leaf_pos))
+        leaf_g.index_add_(0, spec.leaf_row, grad.index_select(1, spec.leaf_pos).transpose(0, 1))
     if spec.inner_pos.numel():
-        inner_g.index_add_(0, spec.inner_row, grad.index_select(0, spec.inner_pos))
+        inner_g.index_add_(0, spec.inner_row, grad.index_select(1, spec.inner_pos).transpose(0, 1))
 
 
-def _to_heads(x: Tensor, families: int) -> Tensor:
-    """``[F * R, H, c]`` -> ``[F, H, R, c]``."""
-    return x.view(families, -1, *x.shape[1:]).transpose(1, 2)
+def _gather_pos(spec: GatherSpec, pos: Tensor, families: int) -> Tensor:
+    """``[Hp, F, size / F, C]`` position embeddings of a block's nodes (padding rows hold node 0's)."""
+    return pos.index_select(0, spec.node).transpose(0, 1).reshape(pos.size(1), families, -1, pos.size(-1))
 
 
-def _from_heads(x: Tensor) -> Tensor:
-    """``[F, H, R, ...]`` -> ``[F * R, H, ...]``."""
-    return x.transpose(1, 2).reshape(-1, *x.shape[1:2], *x.shape[3:])
+def _write_rows(spec: GatherSpec, block: Tensor, full: Tensor) -> None:
+    """Write the real rows of a heads-first block ``[H, F, R, ...]`` into level-ordered ``[T, H, ...]``."""
+    rows = block.reshape(block.size(0), spec.size, *block.shape[3:]).transpose(0, 1)
+    if spec.valid_pos.numel() != spec.size:
+        rows = rows.index_select(0, spec.valid_pos)
+    full.index_copy_(0, spec.valid_slot, rows)
+
+
+def _read_rows(spec: GatherSpec, full: Tensor, families: int) -> Tensor:
+    """Adjoint of :func:`_write_rows`: ``[T, H, ...]`` -> heads-first ``[H, F, R, ...]``, padding 0."""
+    rows = full.index_select(0, spec.valid_slot)
+    if spec.valid_pos.numel() != spec.size:
+        rows = full.new_zeros((spec.size,) + full.shape[1:]).index_copy_(0, spec.valid_pos, rows)
+    return rows.transpose(0, 1).reshape(full.size(1), families, -1, *full.shape[2:])
 
 
 class _BlockInputs:
-    """The dense operands of one block, gathered from leaf and inner rows."""
+    """The dense heads-first operands of one block and its softmax over sibling columns."""
 
     def __init__(self, block: FamilyBlock, q, k, v, q_in, k_in, v_in, pos, scale: float) -> None:
         fam = block.families
-        self.q = _to_heads(_gather(block.rows, q, q_in), fam)
-        self.k = _to_heads(_gather(block.cols, k, k_in), fam)
-        self.v = _to_heads(_gather(block.cols, v, v_in), fam)
+        self.q = _gather(block.rows, q, q_in, fam)
+        self.k = _gather(block.cols, k, k_in, fam)
+        self.v = _gather(block.cols, v, v_in, fam)
         logit = torch.matmul(self.q, self.k.transpose(-1, -2)).mul_(scale)
         self.pos_rows = self.pos_cols = None
         if pos is not None:
-            self.pos_rows = _to_heads(pos.index_select(0, block.rows.node), fam)
-            self.pos_cols = _to_heads(pos.index_select(0, block.cols.node), fam)
+            self.pos_rows = _gather_pos(block.rows, pos, fam)
+            self.pos_cols = _gather_pos(block.cols, pos, fam)
             logit += torch.matmul(self.pos_rows, self.pos_cols.transpose(-1, -2))
-        logit += block.log_count.to(logit.dtype)[:, None, None, :]
+        logit += block.log_count.to(logit.dtype)[None, :, None, :]
         logit.diagonal(offset=block.row_start, dim1=-2, dim2=-1).fill_(NEG)
-        self.lse = torch.logsumexp(logit, dim=-1)
-        self.weight = logit.sub_(self.lse.unsqueeze(-1)).exp_()
+        top = logit.amax(dim=-1, keepdim=True)
+        total = logit.sub_(top).exp_().sum(dim=-1, keepdim=True)
+        self.lse = (top + total.log()).squeeze(-1)
+        self.weight = logit.div_(total)
 
 
 class _FamilyAttention(torch.autograd.Function):
-    """Sibling mass ``e`` ``[T, H]`` and summary ``theta`` ``[T, H, d]`` (level order) of every node.
+    """Sibling mass ``e`` ``[T, H]`` and summary ``theta`` ``[T, H, d]`` of every node, in level order.
 
     Nodes without siblings get ``e = NEG`` and ``theta = 0``. The backward pass recomputes each block.
     """
@@ -303,10 +319,8 @@ class _FamilyAttention(torch.autograd.Function):
         theta = q.new_zeros(num_nodes, heads, dim)
         for block in blocks:
             inputs = _BlockInputs(block, q, k, v, q_in, k_in, v_in, pos, scale)
-            rows = block.rows
-            e.index_copy_(0, rows.valid_slot, _from_heads(inputs.lse).index_select(0, rows.valid_pos))
-            out = _from_heads(torch.matmul(inputs.weight, inputs.v))
-            theta.index_copy_(0, rows.valid_slot, out.index_select(0, rows.valid_pos))
+            _write_rows(block.rows, inputs.lse, e)
+            _write_rows(block.rows, torch.matmul(inputs.weight, inputs.v), theta)
         ctx.save_for_backward(q, k, v, q_in, k_in, v_in, pos)
         ctx.blocks, ctx.scale = blocks, scale
         return e, theta
@@ -326,20 +340,20 @@ class _FamilyAttention(torch.autograd.Function):
 def _block_backward(block: FamilyBlock, inputs: _BlockInputs, grad_e: Tensor, grad_theta: Tensor,
                     grads: list[Tensor], grad_pos: Tensor | None, scale: float) -> None:
     rows, cols, fam = block.rows, block.cols, block.families
-    g_e = grad_e.new_zeros(rows.size, grad_e.size(1))
-    g_e.index_copy_(0, rows.valid_pos, grad_e.index_select(0, rows.valid_slot))
-    g_theta = grad_theta.new_zeros((rows.size,) + grad_theta.shape[1:])
-    g_theta.index_copy_(0, rows.valid_pos, grad_theta.index_select(0, rows.valid_slot))
-    g_e, g_theta = _to_heads(g_e.unsqueeze(-1), fam).squeeze(-1), _to_heads(g_theta, fam)
+    g_e = _read_rows(rows, grad_e, fam).unsqueeze(-1)
+    g_theta = _read_rows(rows, grad_theta, fam)
     w = inputs.weight
-    g_w = torch.matmul(g_theta, inputs.v.transpose(-1, -2))
-    g_logit = (g_w - (g_w * w).sum(-1, keepdim=True) + g_e.unsqueeze(-1)).mul_(w)
+    g_logit = torch.matmul(g_theta, inputs.v.transpose(-1, -2))
+    g_logit.sub_((g_logit * w).sum(-1, keepdim=True) - g_e).mul_(w)
     gq, gk, gv, gq_in, gk_in, gv_in = grads
-    _scatter_add(rows, _from_heads(torch.matmul(g_logit, inputs.k).mul_(scale)), gq, gq_in)
-    _scatter_add(cols, _from_heads(torch.matmul(g_logit.transpose(-1, -2), inputs.q).mul_(scale)), gk, gk_in)
-    _scatter_add(cols, _from_heads(torch.matmul(w.transpose(-1, -2), g_theta)), gv, gv_in)
+    _scatter_add(rows, torch.matmul(g_logit, inputs.k).mul_(scale), gq, gq_in)
+    _scatter_add(cols, torch.matmul(g_logit.transpose(-1, -2), inputs.q).mul_(scale), gk, gk_in)
+    _scatter_add(cols, torch.matmul(w.transpose(-1, -2), g_theta), gv, gv_in)
     if grad_pos is not None:
-        g_pos_logit = g_logit if inputs.pos_rows.size(1) > 1 else g_logit.sum(1, keepdim=True)
-        grad_pos.index_add_(0, rows.node, _from_heads(torch.matmul(g_pos_logit, inputs.pos_cols)))
-        grad_pos.index_add_(0, cols.node, _from_heads(torch.matmul(g_pos_logit.transpose(-1, -2),
-                                                                   inputs.pos_rows)))
+        g_pos_logit = g_logit if inputs.pos_rows.size(0) > 1 else g_logit.sum(0, keepdim=True)
+        _add_pos_grad(rows, torch.matmul(g_pos_logit, inputs.pos_cols), grad_pos)
+        _add_pos_grad(cols, torch.matmul(g_pos_logit.transpose(-1, -2), inputs.pos_rows), grad_pos)
+
+
+def _add_pos_grad(spec: GatherSpec, grad: Tensor, grad_pos: Tensor) -> None:
+    grad_pos.index_add_(0, spec.node, grad.reshape(grad.size(0), spec.size, grad.size(-1)).transpose(0, 1))

@@ -210,7 +210,7 @@ class Hierarchy:
         else:
             if not nx.is_forest(graph):
                 raise ValueError("from_networkx: the graph is not a forest (it has a cycle)")
-            roots = [root] if root is not None and root in index else list(root or [])
+            roots = _root_list(root, index)
             edges = _orient_forest(graph, roots, index)
         edge_index = torch.tensor(edges, dtype=torch.long).reshape(-1, 2).t()
         return cls(_parent_from_edges(edge_index, len(nodes), lambda v: repr(nodes[v])))
@@ -607,6 +607,15 @@ def _depth_and_root(parent: Tensor, name) -> tuple[Tensor, Tensor]:
     raise AssertionError("unreachable")
 
 
+def _root_list(root: Any, index: Mapping[Any, int]) -> list:
+    """``root`` as a list: one node label, or a list / set / tuple of labels (a tuple that is a label wins)."""
+    if root is None:
+        return []
+    if isinstance(root, (list, set, frozenset)) or (isinstance(root, tuple) and root not in index):
+        return list(root)
+    return [root]
+
+
 def _orient_forest(graph: Any, roots: list, index: Mapping[Any, int]) -> list[tuple[int, int]]:
     import networkx as nx
 
@@ -690,7 +699,11 @@ def _bucket_widths(sizes: list[int]) -> dict[int, int]:
 
 
 def _family_blocks(h: Hierarchy) -> list[FamilyBlock]:
-    """Group the families with two or more children into padded dense blocks (see :class:`FamilyBlock`)."""
+    """Group the families with two or more children into padded dense blocks (see :class:`FamilyBlock`).
+
+    Within a width, families of exactly ``width`` leaves come first, in leaf order, so that their blocks
+    gather contiguous leaf rows (a view instead of a copy).
+    """
     parent = h.parent
     counts = h.child_ptr[1:] - h.child_ptr[:-1]
     families = (counts >= 2).nonzero().view(-1)
@@ -699,21 +712,33 @@ def _family_blocks(h: Hierarchy) -> list[FamilyBlock]:
     sizes = counts[families]
     widths_of = _bucket_widths(torch.unique(sizes).tolist())
     widths = torch.tensor([widths_of[s] for s in sizes.tolist()], device=parent.device)
+    leaf_children = torch.bincount(parent[h.leaf_node].clamp(min=0), minlength=h.num_nodes)[families]
+    first_child = h.child_index[h.child_ptr[families]]
     blocks = []
     for width in sorted(set(widths_of.values())):
-        members = families[widths == width]
-        rows = max(1, min(width, BLOCK_BUDGET // (width * width)))
-        per_block = max(1, BLOCK_BUDGET // (rows * width))
-        for f0 in range(0, members.numel(), per_block):
-            fam = members[f0:f0 + per_block]
-            cols = _family_slots(h, fam, width)
-            col_spec = _gather_spec(h, cols)
-            log_count = torch.where(cols >= 0, h.leaf_count[cols.clamp(min=0)].double().log(),
-                                    torch.tensor(NEG, dtype=torch.double, device=cols.device))
-            for r0 in range(0, width, rows):
-                r1 = min(width, r0 + rows)
-                row_spec = col_spec if (r0, r1) == (0, width) else _gather_spec(h, cols[:, r0:r1])
-                blocks.append(FamilyBlock(fam.numel(), width, r0, r1 - r0, row_spec, col_spec, log_count))
+        in_bucket = widths == width
+        full_leaf = in_bucket & (leaf_children == sizes) & (sizes == width)
+        members = families[full_leaf][torch.argsort(first_child[full_leaf])]
+        blocks += _bucket_blocks(h, members, width)
+        blocks += _bucket_blocks(h, families[in_bucket & ~full_leaf], width)
+    return blocks
+
+
+def _bucket_blocks(h: Hierarchy, members: Tensor, width: int) -> list[FamilyBlock]:
+    """Blocks of at most :data:`BLOCK_BUDGET` entries over ``members``, families padded to ``width``."""
+    blocks = []
+    rows = max(1, min(width, BLOCK_BUDGET // (width * width)))
+    per_block = max(1, BLOCK_BUDGET // (rows * width))
+    for f0 in range(0, members.numel(), per_block):
+        fam = members[f0:f0 + per_block]
+        cols = _family_slots(h, fam, width)
+        col_spec = _gather_spec(h, cols)
+        log_count = torch.where(cols >= 0, h.leaf_count[cols.clamp(min=0)].double().log(),
+                                torch.tensor(NEG, dtype=torch.double, device=cols.device))
+        for r0 in range(0, width, rows):
+            r1 = min(width, r0 + rows)
+            row_spec = col_spec if (r0, r1) == (0, width) else _gather_spec(h, cols[:, r0:r1])
+            blocks.append(FamilyBlock(fam.numel(), width, r0, r1 - r0, row_spec, col_spec, log_count))
     return blocks
 
 
