@@ -201,7 +201,8 @@ def _downward(e: Tensor, theta: Tensor, a: list[Tensor], z: list[Tensor], v: Ten
             y = y[up]
         reach.append(u)
         gain = torch.exp(u + e[level.start:level.stop] - z[depth]).unsqueeze(-1)
-        y = gain * theta[level.start:level.stop] if y is None else y + gain * theta[level.start:level.stop]
+        theta_level = theta[level.start:level.stop]
+        y = gain * theta_level if y is None else torch.addcmul(y, gain, theta_level)
         if level.leaf_local.numel():
             leaf_y = y if level.leaf_local.numel() == y.size(0) else y[level.leaf_local]
             if v is not None:
