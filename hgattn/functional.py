@@ -152,9 +152,9 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: 
 def _inner_means(x: Tensor, h: Hierarchy) -> Tensor:
     """``[K, H, d]`` mean of ``x`` over the leaves below each inner node (inner order), one scatter per level."""
     base = x.new_zeros((h.num_inner + 1,) + x.shape[1:]).index_add(0, h.leaf_parent_inner, x)
+    parts = base[:h.num_inner].split(h.inner_level_sizes)
     sums, below = [], None
-    for level in reversed(h.levels):
-        total = base[level.inner_start:level.inner_stop]
+    for level, total in zip(reversed(h.levels), reversed(parts)):
         if below is not None and below.numel():
             total = total.index_add(0, below_parent, below)
         sums.append(total)
@@ -175,9 +175,9 @@ def _self_logits(q: Tensor, k: Tensor, pos: Tensor | None, h: Hierarchy, scale: 
 def _upward_mass(e: Tensor, self_logit: Tensor | None, h: Hierarchy) -> tuple[list[Tensor], list[Tensor]]:
     """Per level ``a`` (self mass) and ``z`` (partition), ``[n_level, H]`` each, deepest level first."""
     a_levels, z_levels, below = [None] * h.num_levels, [None] * h.num_levels, None
+    e_levels = e.split(h.level_sizes)
     for depth in range(h.num_levels - 1, -1, -1):
-        level = h.levels[depth]
-        e_level = e[level.start:level.stop]
+        level, e_level = h.levels[depth], e_levels[depth]
         a = e_level.new_zeros(e_level.shape).masked_fill(level.leaf_mask[:, None], NEG)
         if self_logit is not None and level.leaf_local.numel():
             a = a.index_copy(0, level.leaf_local, self_logit[level.leaf_row])
@@ -194,15 +194,14 @@ def _downward(e: Tensor, theta: Tensor, a: list[Tensor], z: list[Tensor], v: Ten
     """Outputs ``[N, H, d]`` from the gates, one gather per level; also ``log prod mu`` above each node."""
     outs, reach, y = [], [], None
     u = e.new_zeros(h.levels[0].stop, e.size(1))
-    for depth, level in enumerate(h.levels):
+    for depth, (level, e_level, theta_level) in enumerate(zip(h.levels, e.split(h.level_sizes),
+                                                               theta.split(h.level_sizes))):
         if depth:
             up = level.parent_local
             u = (u + a[depth - 1] - z[depth - 1])[up]
-            y = y[up]
         reach.append(u)
-        gain = torch.exp(u + e[level.start:level.stop] - z[depth]).unsqueeze(-1)
-        theta_level = theta[level.start:level.stop]
-        y = gain * theta_level if y is None else torch.addcmul(y, gain, theta_level)
+        gain = torch.exp(u + e_level - z[depth]).unsqueeze(-1)
+        y = gain * theta_level if y is None else y[level.parent_local].addcmul_(gain, theta_level)
         if level.leaf_local.numel():
             leaf_y = y if level.leaf_local.numel() == y.size(0) else y[level.leaf_local]
             if v is not None:

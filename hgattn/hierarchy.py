@@ -21,8 +21,9 @@ from torch import Tensor
 
 __all__ = ["Hierarchy", "FamilyBlock", "GatherSpec"]
 
-#: Upper bound on ``families x rows x columns`` of one dense family-attention block (per head).
-BLOCK_BUDGET = 1 << 21
+#: Upper bound on ``families x rows x columns`` of one dense family-attention block (per head): keeps each
+#: block's temporaries small enough (a few MB) for the allocator to recycle them instead of mapping fresh pages.
+BLOCK_BUDGET = 1 << 18
 #: Families whose sizes differ by at most this factor share one padded block.
 BUCKET_GROWTH = 1.25
 
@@ -346,6 +347,8 @@ class Hierarchy:
 
         self._build_levels()
         self.levels = _levels(self)
+        self.level_sizes = [level.stop - level.start for level in self.levels]
+        self.inner_level_sizes = [level.inner_stop - level.inner_start for level in self.levels]
         self._build_leaf_maps()
         self.blocks = _family_blocks(self)
 
