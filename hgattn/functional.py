@@ -23,6 +23,9 @@ from .hierarchy import NEG, FamilyBlock, GatherSpec, Hierarchy
 
 __all__ = ["hsa", "HSAAttention"]
 
+#: Leaf rows per step when gradients of inner means flow back to the leaves (bounds the temporary).
+LEAF_CHUNK = 1 << 15
+
 
 @dataclass
 class HSAAttention:
@@ -101,8 +104,7 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
     h = hierarchy
 
-    q_in, k_in, v_in = (_inner_means(x, h) for x in (q, k, v))
-    e, theta = _FamilyAttention.apply(q, k, v, q_in, k_in, v_in, pos, h.blocks, h.num_nodes, scale)
+    e, theta = _FamilyAttention.apply(q, k, v, pos, h, scale)
     self_logit = _self_logits(q, k, pos, h, scale) if include_self else None
     a, z = _upward_mass(e, self_logit, h)
     out, log_reach = _downward(e, theta, a, z, v if include_self else None, h)
@@ -111,7 +113,7 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
         out = out.squeeze(1)
     if not return_attention:
         return out
-    return out, _factored_attention(q, k, q_in, k_in, pos, a, z, log_reach, include_self, h, scale)
+    return out, _factored_attention(q, k, pos, a, z, log_reach, include_self, h, scale)
 
 
 def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: Tensor | None):
@@ -164,6 +166,23 @@ def _inner_means(x: Tensor, h: Hierarchy) -> Tensor:
     return torch.cat(sums) / count
 
 
+def _add_inner_means_grad(grad_in: Tensor, h: Hierarchy, grad_leaf: Tensor) -> None:
+    """Adjoint of :func:`_inner_means`: add to ``grad_leaf`` ``[N, H, d]`` what reaches each leaf through the
+    means of its inner ancestors (one gather per level, then leaf rows in chunks of :data:`LEAF_CHUNK`)."""
+    per_node = grad_in / h.inner_leaf_count.to(grad_in.dtype).view(-1, 1, 1)
+    totals, above = [], None
+    for level, part in zip(h.levels, per_node.split(h.inner_level_sizes)):
+        if above is not None and part.numel():
+            part = part + above.index_select(0, level.inner_parent_local)
+        totals.append(part)
+        above = part
+    totals.append(grad_in.new_zeros((1,) + grad_in.shape[1:]))
+    total = torch.cat(totals)
+    for start in range(0, h.num_leaves, LEAF_CHUNK):
+        rows = h.leaf_parent_inner[start:start + LEAF_CHUNK]
+        grad_leaf[start:start + rows.numel()] += total.index_select(0, rows)
+
+
 def _self_logits(q: Tensor, k: Tensor, pos: Tensor | None, h: Hierarchy, scale: float) -> Tensor:
     """``[N, H]`` diagonal logits ``s_ii``."""
     logit = (q * k).sum(-1) * scale
@@ -212,8 +231,8 @@ def _downward(e: Tensor, theta: Tensor, a: list[Tensor], z: list[Tensor], v: Ten
     return (out if h.leaf_gather is None else out[h.leaf_gather]), reach
 
 
-def _factored_attention(q, k, q_in, k_in, pos, a, z, reach, include_self, h: Hierarchy,
-                        scale: float) -> HSAAttention:
+def _factored_attention(q, k, pos, a, z, reach, include_self, h: Hierarchy, scale: float) -> HSAAttention:
+    q_in, k_in = _inner_means(q, h), _inner_means(k, h)
     b, s = h.sibling_index
     logit = (_node_rows(b, q, q_in, h) * _node_rows(s, k, k_in, h)).sum(-1) * scale
     if pos is not None:
@@ -309,20 +328,22 @@ class _BlockInputs:
 class _FamilyAttention(torch.autograd.Function):
     """Sibling mass ``e`` ``[T, H]`` and summary ``theta`` ``[T, H, d]`` of every node, in level order.
 
-    Nodes without siblings get ``e = NEG`` and ``theta = 0``. The backward pass recomputes each block.
+    Computes the inner nodes' means itself, so their gradients go straight into the leaf gradients. Nodes
+    without siblings get ``e = NEG`` and ``theta = 0``. The backward pass recomputes each block.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, q_in, k_in, v_in, pos, blocks, num_nodes, scale):
+    def forward(ctx, q, k, v, pos, hierarchy, scale):
         heads, dim = v.shape[1:]
-        e = q.new_full((num_nodes, heads), NEG)
-        theta = q.new_zeros(num_nodes, heads, dim)
-        for block in blocks:
+        q_in, k_in, v_in = (_inner_means(x, hierarchy) for x in (q, k, v))
+        e = q.new_full((hierarchy.num_nodes, heads), NEG)
+        theta = q.new_zeros(hierarchy.num_nodes, heads, dim)
+        for block in hierarchy.blocks:
             inputs = _BlockInputs(block, q, k, v, q_in, k_in, v_in, pos, scale)
             _write_rows(block.rows, inputs.lse, e)
             _write_rows(block.rows, torch.matmul(inputs.weight, inputs.v), theta)
         ctx.save_for_backward(q, k, v, q_in, k_in, v_in, pos)
-        ctx.blocks, ctx.scale = blocks, scale
+        ctx.hierarchy, ctx.scale = hierarchy, scale
         return e, theta
 
     @staticmethod
@@ -331,10 +352,12 @@ class _FamilyAttention(torch.autograd.Function):
         q, k, v, q_in, k_in, v_in, pos = ctx.saved_tensors
         grads = [torch.zeros_like(x) for x in (q, k, v, q_in, k_in, v_in)]
         grad_pos = torch.zeros_like(pos) if pos is not None else None
-        for block in ctx.blocks:
+        for block in ctx.hierarchy.blocks:
             inputs = _BlockInputs(block, q, k, v, q_in, k_in, v_in, pos, ctx.scale)
             _block_backward(block, inputs, grad_e, grad_theta, grads, grad_pos, ctx.scale)
-        return (*grads, grad_pos, None, None, None)
+        for grad_leaf, grad_in in zip(grads[:3], grads[3:]):
+            _add_inner_means_grad(grad_in, ctx.hierarchy, grad_leaf)
+        return (*grads[:3], grad_pos, None, None)
 
 
 def _block_backward(block: FamilyBlock, inputs: _BlockInputs, grad_e: Tensor, grad_theta: Tensor,
