@@ -265,9 +265,8 @@ def hsa_reference(
     Raises ValueError when the rows of query, key or value differ from the number of leaves. ``dtype``:
     as in :func:`attention_matrix`.
     """
-    forest = _build_forest(hierarchy)
-    _check_rows(forest, query=query, key=key, value=value)
-    theta = _closed_form_theta(forest, _Logits(forest, query, key, pos, scale, dtype), include_self)
+    _check_rows(_build_forest(hierarchy), value=value)
+    theta = attention_matrix(query, key, hierarchy, pos=pos, include_self=include_self, scale=scale, dtype=dtype)
     out = torch.einsum("hij,jhc->ihc", theta, _with_head_axis(value, dtype))
     return out.squeeze(1) if value.dim() == 2 else out
 
