@@ -154,14 +154,11 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: 
 def _inner_means(x: Tensor, h: Hierarchy) -> Tensor:
     """``[K, H, d]`` mean of ``x`` over the leaves below each inner node (inner order), one scatter per level."""
     base = x.new_zeros((h.num_inner + 1,) + x.shape[1:]).index_add(0, h.leaf_parent_inner, x)
-    parts = base[:h.num_inner].split(h.inner_level_sizes)
-    sums, below = [], None
-    for level, total in zip(reversed(h.levels), reversed(parts)):
-        if below is not None and below.numel():
-            total = total.index_add(0, below_parent, below)
-        sums.append(total)
-        below, below_parent = total, level.inner_parent_local
-    sums.reverse()
+    sums = list(base[:h.num_inner].split(h.inner_level_sizes))
+    for depth in range(h.num_levels - 2, -1, -1):
+        below = sums[depth + 1]
+        if below.numel():
+            sums[depth] = sums[depth].index_add(0, h.levels[depth + 1].inner_parent_local, below)
     count = h.inner_leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
     return torch.cat(sums) / count
 
@@ -192,19 +189,18 @@ def _self_logits(q: Tensor, k: Tensor, pos: Tensor | None, h: Hierarchy, scale: 
 
 
 def _upward_mass(e: Tensor, self_logit: Tensor | None, h: Hierarchy) -> tuple[list[Tensor], list[Tensor]]:
-    """Per level ``a`` (self mass) and ``z`` (partition), ``[n_level, H]`` each, deepest level first."""
-    a_levels, z_levels, below = [None] * h.num_levels, [None] * h.num_levels, None
+    """Per level ``a`` (self mass) and ``z`` (partition), ``[n_level, H]`` each, indexed by depth."""
+    a_levels, z_levels = [None] * h.num_levels, [None] * h.num_levels
     e_levels = e.split(h.level_sizes)
     for depth in range(h.num_levels - 1, -1, -1):
         level, e_level = h.levels[depth], e_levels[depth]
         a = e_level.new_zeros(e_level.shape).masked_fill(level.leaf_mask[:, None], NEG)
         if self_logit is not None and level.leaf_local.numel():
             a = a.index_copy(0, level.leaf_local, self_logit[level.leaf_row])
-        if below is not None:
-            a = a.index_add(0, below_level.parent_local, below * below_level.child_weight.to(e.dtype)[:, None])
-        z = torch.logaddexp(a, e_level)
-        a_levels[depth], z_levels[depth] = a, z
-        below, below_level = z, level
+        if depth + 1 < h.num_levels:
+            child = h.levels[depth + 1]
+            a = a.index_add(0, child.parent_local, z_levels[depth + 1] * child.child_weight.to(e.dtype)[:, None])
+        a_levels[depth], z_levels[depth] = a, torch.logaddexp(a, e_level)
     return a_levels, z_levels
 
 
