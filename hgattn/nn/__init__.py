@@ -1,0 +1,2 @@
+"""PyG layers built on HSA."""
+from .conv import HSAConv
