@@ -69,7 +69,7 @@ def leaf_cover(hierarchy: Hierarchy) -> Tensor:
 
 def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos: Tensor | None = None,
         include_self: bool = False, scale: float | None = None, return_attention: bool = False,
-        ) -> Tensor | tuple[Tensor, HSAAttention]:
+        tie: str | None = None, causal: bool = False) -> Tensor | tuple[Tensor, HSAAttention]:
     r"""Hierarchical Self-Attention (Amizadeh et al., NeurIPS 2025, https://arxiv.org/abs/2509.15448).
 
     HSA's attention matrix is the row-stochastic matrix closest in KL to softmax attention under the
@@ -91,11 +91,20 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
         include_self: let a leaf attend to itself (standard transformer form); otherwise the diagonal is 0.
         scale: logit scale, default ``1 / sqrt(d)``.
         return_attention: also return the attention in factored form (:class:`HSAAttention`).
+        tie: ``'blocks'`` (default unless ``causal``): the constraint above, rows and columns tied per sibling
+            block. ``'columns'``: each row is projected on its own onto rows uniform within each block (spec
+            section 4b, :func:`hgattn.column_tied.column_tied_hsa`): closer to softmax, ``O(N b D d)``.
+        causal: causal column-tied HSA for decoders (leaf ``i`` attends to earlier leaves and itself only);
+            needs ``include_self=True`` and leaves numbered depth-first; implies ``tie='columns'``.
 
     Returns:
         ``[N, H, d]`` (the shape of ``value``), and the :class:`HSAAttention` when requested. Half-precision
         inputs are computed in float32 and returned in their own dtype.
     """
+    if causal or tie not in (None, "blocks"):
+        from .column_tied import column_tied_hsa
+        return column_tied_hsa(query, key, value, hierarchy, pos=pos, include_self=include_self, scale=scale,
+                               tie=tie, causal=causal, return_attention=return_attention)
     q, k, v, pos, one_head = _check_inputs(query, key, value, hierarchy, pos)
     out_dtype = value.dtype
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
