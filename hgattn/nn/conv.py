@@ -98,6 +98,8 @@ class HSAConv(MessagePassing):
         bias (bool, optional): Learn additive biases. (default: ``True``)
         root_weight (bool, optional): Add the skip connection :math:`\mathbf{W}_1 \mathbf{x}_i`.
             (default: ``True``)
+        query_residual (bool, optional): Add each head's query to its output, the paper's residual of Q inside
+            the head (:class:`~hgattn.nn.HTEBlock`). (default: ``False``)
         **kwargs (optional): Additional arguments of :class:`~torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
@@ -123,6 +125,7 @@ class HSAConv(MessagePassing):
         pos_channels: int = 0,
         bias: bool = True,
         root_weight: bool = True,
+        query_residual: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("aggr", "add")
@@ -143,6 +146,7 @@ class HSAConv(MessagePassing):
         self.dropout = dropout
         self.pos_channels = pos_channels
         self.root_weight = root_weight
+        self.query_residual = query_residual
 
         if metadata is None:
             if isinstance(in_channels, dict):
@@ -229,6 +233,8 @@ class HSAConv(MessagePassing):
             out = self.propagate(edge_index, query=query, key=key, value=value, pos=pos_emb,
                                  hierarchy=hierarchy, value_sum=None, alpha=None, self_weight=None, size=size)
 
+        if self.query_residual:
+            out = out + query
         out = out.reshape(out.size(0), -1) if self.concat else out.mean(dim=1)
         if skip is not None:
             out = out + skip
