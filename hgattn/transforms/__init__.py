@@ -1,4 +1,3 @@
-"""PyG transforms that turn data into trees (HeteroData with tree edges (child, 'in', parent))."""
-from .image import ImageHierarchy
-from .text import TextHierarchy
-
+"""Hierarchy builders: PyG transforms that turn data into HeteroData trees (the hgattn conventions)."""
+from .graph import GraphHierarchy
+from .sequence import SequenceHierarchy
