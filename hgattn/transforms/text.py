@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -12,6 +11,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.transforms import BaseTransform
+
+from ..encodings import sinusoidal
 
 
 __all__ = ["TextHierarchy", "minilm_model_dir", "load_word_embeddings", "split_paragraphs"]
@@ -174,7 +175,7 @@ class TextHierarchy(BaseTransform):
         chain = ["token", *[level for level in ("sentence", "paragraph") if level in self.levels], "document"]
         for child, parent in zip(chain, chain[1:]):
             index = _parent_index(child, parent, counts[child], token_sentence, sentence_paragraph)
-            data[child].pos = _sinusoidal(sibling_rank(index), self.pos_dim)
+            data[child].pos = sinusoidal(sibling_rank(index), self.pos_dim)
             data[parent].num_nodes = counts[parent]
             data[child, "in", parent].edge_index = torch.stack([torch.arange(counts[child]), index])
         data["document"].pos = torch.zeros(1, self.pos_dim)
@@ -200,9 +201,3 @@ def sibling_rank(parent_index: Tensor) -> Tensor:
     starts = torch.searchsorted(parent_index, parent_index)
     return torch.arange(parent_index.numel()) - starts
 
-
-def _sinusoidal(position: Tensor, dim: int) -> Tensor:
-    """Transformer sinusoidal features ``[n, dim]`` of integer positions ``[n]``."""
-    frequency = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
-    angle = position.double()[:, None] * frequency.double()
-    return torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(-1, dim).float()
