@@ -12,35 +12,11 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.typing import Metadata
 
-from ..functional import HSAAttention, hsa
+from ..functional import hsa
 from ..hierarchy import Hierarchy
+from .attention import leaf_sums, push_down, sibling_attention, sibling_edge_index
 
-__all__ = ["HSAConv", "sibling_edge_index", "leaf_sums", "push_down"]
-
-
-def sibling_edge_index(hierarchy: Hierarchy) -> Tensor:
-    """``[2, P]`` sibling edges ``S -> B`` (row 0 source ``S``, row 1 target ``B``), in the pair order of
-    :attr:`Hierarchy.sibling_index` (sorted by ``B``), the edges :class:`HSAConv` passes messages over."""
-    return hierarchy.sibling_index.flip(0)
-
-
-def leaf_sums(x: Tensor, hierarchy: Hierarchy) -> Tensor:
-    """``[T, ...]`` sum of the leaf rows ``x`` ``[N, ...]`` below every tree node, ``n(A) * mean(A)``."""
-    h = hierarchy
-    sums = x.new_zeros((h.num_nodes,) + x.shape[1:]).index_copy(0, h.leaf_node, x)
-    for level in range(h.num_levels - 1, 0, -1):
-        nodes = h.level_nodes(level)
-        sums = sums.index_add(0, h.parent[nodes], sums[nodes])
-    return sums
-
-
-def push_down(node_x: Tensor, hierarchy: Hierarchy) -> Tensor:
-    """``[N, ...]`` for every leaf, the sum of ``node_x`` ``[T, ...]`` over the leaf and all its ancestors."""
-    h = hierarchy
-    for level in range(1, h.num_levels):
-        nodes = h.level_nodes(level)
-        node_x = node_x.index_add(0, nodes, node_x[h.parent[nodes]])
-    return node_x[h.leaf_node]
+__all__ = ["HSAConv"]
 
 
 class HSAConv(MessagePassing):
@@ -68,8 +44,9 @@ class HSAConv(MessagePassing):
     :func:`hgattn.hsa` in :meth:`message_and_aggregate`. When messages are observed (explain mode, message
     hooks such as :class:`torch_geometric.explain.AttentionExplainer`'s) or attention dropout is active, the
     layer sends the message :math:`\alpha_{BS}\, n(S)\, \bar{\mathbf{v}}_S` along every sibling edge, with
-    :math:`\alpha_{BS}` (``alpha``, ``[P, H]``) the per-entry attention of the pair's block, sums them at
-    ``B`` and pushes the sums down to the leaves: the same output.
+    :math:`\alpha_{BS}` (``alpha``, ``[P, H]``, from :func:`~hgattn.nn.attention.sibling_attention`) the
+    per-entry attention of the pair's block, sums them at ``B`` and pushes the sums down to the leaves: the
+    same output, differentiable through ``alpha``.
 
     Homogeneous use: ``conv(x, hierarchy, pos=None)`` with leaf rows ``x`` ``[N, F]`` and raw positions ``pos``
     ``[T, pos_channels]`` per tree node. Heterogeneous use (``metadata`` given, like
@@ -221,8 +198,7 @@ class HSAConv(MessagePassing):
         size = (hierarchy.num_nodes, hierarchy.num_nodes)
         attention = None
         if observed or return_attention_weights:
-            _, attention = hsa(query, key, value, hierarchy, pos=pos_emb, include_self=self.include_self,
-                               return_attention=True)
+            attention = sibling_attention(query, key, hierarchy, pos_emb, self.include_self)
         if observed:
             alpha = F.dropout(attention.sibling_weight, p=self.dropout, training=self.training)
             out = self.propagate(sibling_edge_index(hierarchy), query=query, key=key, value=value, pos=pos_emb,
