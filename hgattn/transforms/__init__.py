@@ -2,5 +2,6 @@
 from .graph import GraphHierarchy
 from .image import ImageHierarchy
 from .molecule import MoleculeHierarchy
+from .multimodal import MultimodalHierarchy, compose_key_value
 from .sequence import SequenceHierarchy
 from .text import TextHierarchy
