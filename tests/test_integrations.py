@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +168,25 @@ def test_kv_cache_decoding_is_refused() -> None:
         cache = model(input_ids=ids, use_cache=True).past_key_values
         with pytest.raises(ValueError, match="whole sequence"):
             model(input_ids=ids[:, -1:], cache=cache, use_cache=True)
+
+
+@pytest.mark.slow
+def test_zero_shot_benchmark_quick(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    minilm_path()
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "benchmarks" / "zero_shot.py"), "--quick", "--out-dir", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((tmp_path / "zero_shot.json").read_text())
+    rows = record["quality"]["rows"]
+    assert [(r["layers"], r["tie"]) for r in rows] == [([], None), ([5], "blocks"), ([5], "columns")]
+    assert record["quality"]["docs"] == 15 and record["quality"]["max_tokens"] == 64
+    for row in rows[1:]:
+        assert 0.0 < row["cosine_mean"] < 1.0
+        assert 0.5 < row["flops_reduction"] < 1.0
+        assert 0.0 <= row["acc_retrained"] <= 1.0 and 0.0 <= row["acc_original_probe"] <= 1.0
+    assert {(r["length"], r["method"]) for r in record["timing"]} == {
+        (n, m) for n in (64, 128) for m in ("sdpa", "eager", "hsa-blocks", "hsa-columns")}
+    assert all(r["median_ms"] > 0 for r in record["timing"])
+    assert "| 5 | columns |" in (tmp_path / "zero_shot.md").read_text()
