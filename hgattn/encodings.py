@@ -113,13 +113,16 @@ class FourierFeatures(nn.Module):
                 f"hidden_dim={self.mlp[0].out_features}, sigma={self.sigma})")
 
 
-def canonical_sign(vectors: Tensor) -> Tensor:
-    """Flip each column so that its entry of largest magnitude (first one on ties) is positive.
+def canonical_sign(vectors: Tensor, tolerance: float = 1e-6) -> Tensor:
+    """Flip each column so that its entry of largest magnitude is positive.
 
-    ``vectors`` is ``[..., n, k]`` (columns are eigenvectors); the result does not depend on the sign the
-    eigensolver happened to return.
+    ``vectors`` is ``[..., n, k]`` (columns are eigenvectors). Entries within ``tolerance`` of the largest
+    magnitude count as tied and the first of them decides, so rounding noise does not pick the sign. A graph
+    with a symmetry can still leave the sign ambiguous (an eigenvector and its mirror image); no rule fixes that.
     """
-    index = vectors.abs().argmax(dim=-2, keepdim=True)
+    magnitude = vectors.abs()
+    tied = magnitude >= magnitude.amax(dim=-2, keepdim=True) - tolerance
+    index = tied.byte().argmax(dim=-2, keepdim=True)
     sign = torch.gather(vectors, -2, index).sign()
     return vectors * torch.where(sign == 0, torch.ones_like(sign), sign)
 
