@@ -55,7 +55,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 from hgattn import Hierarchy, hsa  # noqa: E402
-from hgattn.column_tied import column_layout  # noqa: E402
+from hgattn.column_tied import attended_summaries  # noqa: E402
 from hgattn.datasets.bbc import BBC_TOPICS, read_bbc_articles  # noqa: E402
 from hgattn.integrations.transformers import inject_hsa, remove_hsa  # noqa: E402
 
@@ -140,7 +140,7 @@ def attention_flops(num_tokens: int, heads: int, head_dim: int, tie: str | None)
     if tie == "blocks":
         pairs = int((h.family_size[h.parent >= 0] - 1).sum())
         return heads * head_dim * (4.0 * pairs + 5.0 * edges + 4.0 * num_tokens)
-    summaries = int(column_layout(h, causal=False, include_self=True).valid.sum())
+    summaries = attended_summaries(h, causal=False, include_self=True)
     return heads * head_dim * (4.0 * summaries + 2.0 * edges)
 
 

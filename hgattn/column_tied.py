@@ -12,6 +12,12 @@ projection of the softmax row is a softmax of ``q_i`` over the subtree summaries
 with ``Z_i`` the sum over all entries, each block counted ``n(S)`` times. The causal variant keeps only the
 left siblings ``sibL(B_k)`` (smaller node id) and always keeps the self term, so row ``i`` sees only earlier
 leaves. Each leaf reads at most ``b - 1`` summaries per level: time and memory ``O(N b D d)``.
+
+Computation: leaves are put in depth-first order, so that the leaves below any node are consecutive. Every
+family (the children of one inner node ``P``) is a small dense attention of the ``n(P)`` leaf queries below
+``P`` over the ``|chd(P)|`` child summaries; families of similar shape are padded into one batch. Each family
+gives every leaf below it a partial softmax (log-mass and normalised output), and the partials of a leaf's
+ancestors' families and of its self term are combined by logsumexp.
 """
 from __future__ import annotations
 
@@ -25,29 +31,47 @@ from torch import Tensor
 from .functional import _check_inputs
 from .hierarchy import NEG, Hierarchy
 
-__all__ = ["column_tied_hsa", "check_depth_first", "TIES"]
+__all__ = ["column_tied_hsa", "check_depth_first", "attended_summaries", "TIES"]
 
 TIES = ("blocks", "columns")
 """``'blocks'``: HSA of section 4 (rows and columns tied per sibling block); ``'columns'``: section 4b."""
 
-#: Gathered summary elements per chunk of leaves (bounds the temporaries of one step).
+#: Elements of a family batch's logits or outputs per step (bounds the temporaries of one step).
 CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
-class ColumnLayout:
-    """The summaries each leaf row attends to, padded to the longest row.
+class FamilyGroup:
+    """Families padded to a common shape: ``F`` families, ``R`` leaves below each, ``W`` children each.
 
     Attributes:
-        column: ``[N, L]`` node ``S`` of each entry (a leaf itself for the self term; 0 in padding).
-        query_node: ``[N, L]`` the ancestor ``B_k`` whose sibling ``S`` is (the leaf itself for the self term);
-            gives the position term ``<pos[B_k], pos[S]>``.
-        valid: ``[N, L]`` False in padding.
+        rows: ``[F, R]`` depth-first positions of the leaves below each family's parent (0 in padding).
+        row_valid: ``[F, R]`` False in padding.
+        rank: ``[F, R]`` rank, among the family's children, of the child above each leaf.
+        members: ``[F, W]`` the children's node ids, in increasing id (0 in padding).
+        member_valid: ``[F, W]`` False in padding.
     """
 
-    column: Tensor
-    query_node: Tensor
-    valid: Tensor
+    rows: Tensor
+    row_valid: Tensor
+    rank: Tensor
+    members: Tensor
+    member_valid: Tensor
+
+
+@dataclass(frozen=True)
+class ColumnLayout:
+    """Depth-first leaf order and the family groups of one hierarchy.
+
+    Attributes:
+        position: ``[N]`` depth-first position of each leaf row.
+        order: ``[N]`` leaf row at each depth-first position (``None`` when leaf rows are depth-first already).
+        groups: the families, grouped by padded shape.
+    """
+
+    position: Tensor
+    order: Tensor | None
+    groups: list[FamilyGroup]
 
 
 _LAYOUTS: WeakKeyDictionary = WeakKeyDictionary()
@@ -82,17 +106,19 @@ def column_tied_hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierar
     pos = pos.to(dtype) if pos is not None else None
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
 
-    layout = column_layout(hierarchy, causal=causal, include_self=include_self)
-    key_table, value_table = _node_means(k, hierarchy), _node_means(v, hierarchy)
-    log_count = hierarchy.leaf_count.to(dtype).log()
-    width, heads = layout.column.size(1), q.size(1)
-    chunk = max(1, CHUNK_ELEMENTS // (width * heads * max(q.size(-1), v.size(-1))))
-    outs = []
-    for start in range(0, hierarchy.num_leaves, chunk):
-        rows = slice(start, start + chunk)
-        outs.append(_attend_rows(q[rows], layout.column[rows], layout.query_node[rows], layout.valid[rows],
-                                 key_table, value_table, log_count, pos, scale))
-    out = torch.cat(outs).to(out_dtype)
+    h, layout = hierarchy, column_layout(hierarchy)
+    key_table, value_table = _node_means(k, h), _node_means(v, h)
+    log_count = h.leaf_count.to(dtype).log()
+    q_dfs = q if layout.order is None else q[layout.order]
+    partials = [_family_partials(group, q_dfs, key_table, value_table, log_count, pos, scale, causal)
+                for group in layout.groups]
+    if include_self:
+        self_logit = (q * k).sum(-1) * scale
+        if pos is not None:
+            self_logit = self_logit + pos[h.leaf_node].square().sum(-1)
+        partials.append((layout.position, self_logit, v))
+    out = _combine(partials, h.num_leaves, v)
+    out = (out if layout.order is None else out[layout.position]).to(out_dtype)
     return out.squeeze(1) if one_head else out
 
 
@@ -137,12 +163,21 @@ def check_depth_first(hierarchy: Hierarchy) -> None:
                          f"earlier leaves than its sibling {int(children[at])}, which has a smaller id")
 
 
-def column_layout(hierarchy: Hierarchy, *, causal: bool, include_self: bool) -> ColumnLayout:
-    """The padded per-leaf summary lists (cached per hierarchy object)."""
-    cache = _LAYOUTS.setdefault(hierarchy, {})
-    if (causal, include_self) not in cache:
-        cache[causal, include_self] = _build_layout(hierarchy, causal, include_self)
-    return cache[causal, include_self]
+def attended_summaries(hierarchy: Hierarchy, *, causal: bool = False, include_self: bool = True) -> int:
+    """How many summaries all leaves attend to together (the work of column-tied HSA is ``4 H d`` times this)."""
+    h = hierarchy
+    if causal:
+        count = int((h.leaf_count * h.child_rank)[h.parent >= 0].sum())
+    else:
+        count = int((h.leaf_count * (h.family_size - 1)).sum())
+    return count + (h.num_leaves if include_self else 0)
+
+
+def column_layout(hierarchy: Hierarchy) -> ColumnLayout:
+    """Depth-first order and family groups of ``hierarchy`` (cached per hierarchy object)."""
+    if hierarchy not in _LAYOUTS:
+        _LAYOUTS[hierarchy] = _build_layout(hierarchy)
+    return _LAYOUTS[hierarchy]
 
 
 def _leaf_ancestors(h: Hierarchy):
@@ -155,30 +190,51 @@ def _leaf_ancestors(h: Hierarchy):
         rows, node = rows[alive], up[alive]
 
 
-def _build_layout(h: Hierarchy, causal: bool, include_self: bool) -> ColumnLayout:
-    entries = []
-    if include_self:
-        entries.append((torch.arange(h.num_leaves, device=h.device), h.leaf_node, h.leaf_node))
-    for rows, node in _leaf_ancestors(h):
-        up = h.parent[node]
-        rows, node, up = rows[up >= 0], node[up >= 0], up[up >= 0]
-        start = h.child_ptr[up]
-        size = h.child_ptr[up + 1] - start
-        owner = torch.repeat_interleave(torch.arange(rows.numel(), device=h.device), size)
-        offset = torch.arange(owner.numel(), device=h.device) - torch.repeat_interleave(size.cumsum(0) - size, size)
-        sibling, own = h.child_index[start[owner] + offset], node[owner]
-        keep = sibling < own if causal else sibling != own
-        entries.append((rows[owner][keep], sibling[keep], own[keep]))
-    row, column, query_node = (torch.cat(parts) for parts in zip(*entries))
-    order = torch.argsort(row, stable=True)
-    row, column, query_node = row[order], column[order], query_node[order]
-    length = torch.bincount(row, minlength=h.num_leaves)
-    width = max(1, int(length.max()) if length.numel() else 1)
-    slot = torch.arange(row.numel(), device=h.device) - (length.cumsum(0) - length)[row]
-    padded = torch.zeros(h.num_leaves, width, dtype=torch.long, device=h.device)
-    valid = torch.zeros(h.num_leaves, width, dtype=torch.bool, device=h.device)
-    valid[row, slot] = True
-    return ColumnLayout(padded.index_put((row, slot), column), padded.index_put((row, slot), query_node), valid)
+def _depth_first_start(h: Hierarchy) -> Tensor:
+    """``[T]`` depth-first position of the first leaf below each node (children visited by increasing id)."""
+    counts = h.leaf_count[h.child_index]
+    before = counts.cumsum(0) - counts
+    family_first = h.child_ptr[h.parent[h.child_index]]
+    start = torch.zeros(h.num_nodes, dtype=torch.long, device=h.device)
+    start[h.child_index] = before - before[family_first]
+    roots = (h.parent < 0).nonzero().view(-1)
+    root_counts = h.leaf_count[roots]
+    start[roots] = root_counts.cumsum(0) - root_counts
+    for depth in range(1, h.num_levels):
+        nodes = h.level_nodes(depth)
+        start[nodes] += start[h.parent[nodes]]
+    return start
+
+
+def _build_layout(h: Hierarchy) -> ColumnLayout:
+    start = _depth_first_start(h)
+    position = start[h.leaf_node]
+    in_order = bool((position == torch.arange(h.num_leaves, device=h.device)).all())
+    order = None if in_order else torch.argsort(position)
+    inner = (~h.is_leaf).nonzero().view(-1)
+    width = h.child_ptr[inner + 1] - h.child_ptr[inner]
+    shape_key = _ceil_pow2(h.leaf_count[inner]) * (1 << 32) + _ceil_pow2(width)
+    groups = [_family_group(h, start, inner[shape_key == key]) for key in torch.unique(shape_key)]
+    return ColumnLayout(position, order, groups)
+
+
+def _ceil_pow2(x: Tensor) -> Tensor:
+    return torch.exp2(torch.ceil(torch.log2(x.double()))).long()
+
+
+def _family_group(h: Hierarchy, start: Tensor, parents: Tensor) -> FamilyGroup:
+    counts = h.leaf_count[parents]
+    width = h.child_ptr[parents + 1] - h.child_ptr[parents]
+    slot = torch.arange(int(width.max()), device=h.device)
+    member_valid = slot < width[:, None]
+    members = torch.where(member_valid, h.child_index[(h.child_ptr[parents, None] + slot).clamp(
+        max=h.child_index.numel() - 1)], 0)
+    offset = torch.arange(int(counts.max()), device=h.device)
+    row_valid = offset < counts[:, None]
+    rows = torch.where(row_valid, start[parents, None] + offset, 0)
+    member_start = torch.where(member_valid, start[members], h.num_leaves)
+    rank = (member_start[:, None, :] <= rows[:, :, None]).sum(-1) - 1
+    return FamilyGroup(rows, row_valid, rank.clamp(min=0), members, member_valid)
 
 
 def _node_means(x: Tensor, h: Hierarchy) -> Tensor:
@@ -190,13 +246,56 @@ def _node_means(x: Tensor, h: Hierarchy) -> Tensor:
     return sums / h.leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
 
 
-def _attend_rows(q: Tensor, column: Tensor, query_node: Tensor, valid: Tensor, key_table: Tensor,
-                 value_table: Tensor, log_count: Tensor, pos: Tensor | None, scale: float) -> Tensor:
-    """Softmax of ``q`` ``[C, H, d]`` over its ``[C, L]`` summaries (with ``log n(S)`` prior): ``[C, H, d_v]``."""
-    logit = torch.einsum("chd,clhd->chl", q, key_table[column]) * scale
-    logit = logit + log_count[column].unsqueeze(1)
+def _family_partials(group: FamilyGroup, q: Tensor, key_table: Tensor, value_table: Tensor, log_count: Tensor,
+                     pos: Tensor | None, scale: float, causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Per (leaf, family) entry: depth-first leaf position ``[M]``, log-mass ``[M, H]``, output ``[M, H, d]``."""
+    fam, rows, width = group.rows.size(0), group.rows.size(1), group.members.size(1)
+    heads, dim = q.size(1), max(q.size(-1), value_table.size(-1))
+    step_f = max(1, CHUNK_ELEMENTS // (rows * heads * max(width, dim)))
+    step_r = rows if step_f > 1 else max(1, CHUNK_ELEMENTS // (heads * max(width, dim)))
+    parts = []
+    for f in range(0, fam, step_f):
+        for r in range(0, rows, step_r):
+            chunk = FamilyGroup(*(x[f:f + step_f] for x in (group.rows, group.row_valid, group.rank)),
+                                group.members[f:f + step_f], group.member_valid[f:f + step_f])
+            chunk = FamilyGroup(chunk.rows[:, r:r + step_r], chunk.row_valid[:, r:r + step_r],
+                                chunk.rank[:, r:r + step_r], chunk.members, chunk.member_valid)
+            parts.append(_attend_family(chunk, q, key_table, value_table, log_count, pos, scale, causal))
+    return tuple(torch.cat(items) for items in zip(*parts))
+
+
+def _attend_family(group: FamilyGroup, q: Tensor, key_table: Tensor, value_table: Tensor, log_count: Tensor,
+                   pos: Tensor | None, scale: float, causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Softmax of each leaf query over its family's child summaries (``log n(S)`` prior), heads-first."""
+    members = group.members
+    queries = q[group.rows].permute(0, 2, 1, 3)                                  # [F, H, R, d]
+    keys = key_table[members].permute(0, 2, 3, 1)                                # [F, H, d, W]
+    logit = torch.matmul(queries, keys) * scale + log_count[members][:, None, None, :]
     if pos is not None:
-        logit = logit + (pos[query_node] * pos[column]).sum(-1).transpose(1, 2)
-    keep = valid.unsqueeze(1)
-    weight = torch.softmax(logit.masked_fill(~keep, NEG), dim=-1) * keep
-    return torch.einsum("chl,clhd->chd", weight, value_table[column])
+        member_pos = pos[members].transpose(1, 2)                                # [F, Hp, W, C]
+        pair = torch.matmul(member_pos, member_pos.transpose(-1, -2))            # [F, Hp, W, W]
+        index = group.rank[:, None, :, None].expand(-1, pair.size(1), -1, pair.size(-1))
+        logit = logit + torch.gather(pair, 2, index)
+    slot = torch.arange(members.size(1), device=members.device)
+    allowed = slot < group.rank[..., None] if causal else slot != group.rank[..., None]
+    allowed = (allowed & group.member_valid[:, None, :]).unsqueeze(1)           # [F, 1, R, W]
+    logit = logit.masked_fill(~allowed, NEG)
+    lse = torch.logsumexp(logit, dim=-1)
+    weight = torch.exp(logit - lse.unsqueeze(-1)) * allowed
+    lse = lse.masked_fill(~allowed.any(-1), NEG)
+    out = torch.matmul(weight, value_table[members].transpose(1, 2))              # [F, H, R, d]
+    valid = group.row_valid
+    return group.rows[valid], lse.transpose(1, 2)[valid], out.transpose(1, 2)[valid]
+
+
+def _combine(partials: list[tuple[Tensor, Tensor, Tensor]], num_leaves: int, like: Tensor) -> Tensor:
+    """Logsumexp-weighted sum of the partial softmaxes of every leaf: ``[N, H, d]``."""
+    if not partials:
+        return like.new_zeros(like.shape)
+    rows, lse, out = (torch.cat(items) for items in zip(*partials))
+    top = lse.new_full((num_leaves, lse.size(1)), NEG).scatter_reduce(
+        0, rows[:, None].expand_as(lse), lse.detach(), "amax")
+    shifted = torch.exp(lse - top[rows])
+    total = top + lse.new_zeros(top.shape).index_add(0, rows, shifted).log()
+    weight = torch.exp(lse - total[rows]).unsqueeze(-1)
+    return out.new_zeros((num_leaves,) + out.shape[1:]).index_add(0, rows, weight * out)

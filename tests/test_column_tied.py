@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from hgattn import Hierarchy, hsa
-from hgattn.column_tied import check_depth_first
+from hgattn.column_tied import attended_summaries, check_depth_first
 from hgattn.reference import flat_logits
 from trees import (LONE_LEAF, ONE_LEAF_CHAIN, ONE_LEAF_ROOT, UNARY_CHAIN, UNBALANCED, flat_tree, forest,
                    leaves_of, random_forest)
@@ -273,3 +273,12 @@ def test_bad_arguments_raise() -> None:
         hsa(q, q, q, flat, tie="columns", return_attention=True)
     with pytest.raises(ValueError, match="leaves"):
         hsa(q[:2], q[:2], q[:2], flat, tie="columns")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attended_summaries_counts_the_brute_force_blocks(causal: bool) -> None:
+    parent = depth_first_case(400)
+    q, k, _, _ = make_inputs(parent, heads=1, seed=0)
+    theta = brute_force_theta(q, k, parent, include_self=True, causal=causal)[0]
+    blocks = sum(len(set(torch.round(row[row > 0], decimals=12).tolist())) for row in theta)
+    assert attended_summaries(Hierarchy.from_parent(parent), causal=causal, include_self=True) == blocks
