@@ -18,13 +18,16 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.transforms import AddRandomWalkPE
-from torch_geometric.utils import get_laplacian, to_scipy_sparse_matrix
 
 __all__ = ["sinusoidal", "grid_sinusoidal", "FourierFeatures", "canonical_sign", "laplacian_eigenvectors",
            "family_laplacian_eigenvectors", "random_walk_encoding", "set_encoding", "KeyEmbedding"]
 
 #: Graphs up to this many nodes get a dense eigendecomposition; larger ones use scipy's sparse ``eigsh``.
 DENSE_EIGEN_LIMIT = 2000
+#: Most entries of one batch of dense Laplacians (``families x size x size``).
+DENSE_BLOCK_BUDGET = 1 << 22
+#: Laplacian diagonal entry of an isolated node: outside the spectrum ``[0, 2]`` of the other nodes.
+ISOLATED = 3.0
 
 
 def sinusoidal(position: Tensor, dim: int, base: float = 10000.0) -> Tensor:
@@ -130,34 +133,26 @@ def canonical_sign(vectors: Tensor, tolerance: float = 1e-6) -> Tensor:
 def laplacian_eigenvectors(edge_index: Tensor, num_nodes: int, k: int, edge_weight: Tensor | None = None) -> Tensor:
     """Laplacian eigenvector encoding of one undirected graph (as PyG's ``AddLaplacianEigenvectorPE``).
 
-    The ``k`` eigenvectors of the symmetric normalised Laplacian with the smallest eigenvalues after the first,
-    signs fixed by :func:`canonical_sign` instead of drawn at random; columns beyond ``num_nodes - 1`` are zero.
-    Graphs over :data:`DENSE_EIGEN_LIMIT` nodes use ``scipy.sparse.linalg.eigsh`` (scipy needed).
+    The ``k`` eigenvectors of the symmetric normalised Laplacian ``I - D^-1/2 A D^-1/2`` with the smallest
+    eigenvalues after the first, signs fixed by :func:`canonical_sign` instead of drawn at random. Isolated
+    nodes get zero rows and the other nodes the encoding of the graph without them; columns beyond the
+    number of eigenvectors available are zero. Graphs over :data:`DENSE_EIGEN_LIMIT` nodes use
+    ``scipy.sparse.linalg.eigsh`` (scipy needed).
 
     Args:
-        edge_index: ``[2, E]`` edges, both directions present.
+        edge_index: ``[2, E]`` edges, both directions present; self-loops are ignored.
         num_nodes: ``n``.
         k: number of eigenvectors.
-        edge_weight: optional ``[E]`` non-negative weights.
+        edge_weight: optional ``[E]`` non-negative weights (parallel edges add up).
 
     Returns:
         ``[n, k]`` float tensor.
     """
     _check_graph(edge_index, num_nodes, k)
-    index, weight = get_laplacian(edge_index, edge_weight, normalization="sym", num_nodes=num_nodes)
     if num_nodes <= DENSE_EIGEN_LIMIT:
-        lap = torch.zeros(num_nodes, num_nodes, dtype=torch.float64)
-        lap.index_put_((index[0], index[1]), weight.double(), accumulate=True)
-        vectors = torch.linalg.eigh(lap)[1][:, 1:k + 1]
-    else:
-        from scipy.sparse.linalg import eigsh
-
-        lap = to_scipy_sparse_matrix(index, weight.double(), num_nodes)
-        values, vectors = eigsh(lap, k=k + 1, which="SA")
-        vectors = torch.from_numpy(vectors[:, values.argsort()])[:, 1:]
-    out = torch.zeros(num_nodes, k, dtype=torch.float32)
-    out[:, :vectors.size(1)] = canonical_sign(vectors).float()
-    return out
+        return family_laplacian_eigenvectors(torch.zeros(num_nodes, dtype=torch.long), edge_index, k, edge_weight)
+    src, dst, weight = _weighted_edges(edge_index, edge_weight)
+    return _sparse_eigenvectors(src, dst, weight, num_nodes, k)
 
 
 def family_laplacian_eigenvectors(family: Tensor, edge_index: Tensor, k: int,
@@ -171,7 +166,8 @@ def family_laplacian_eigenvectors(family: Tensor, edge_index: Tensor, k: int,
         edge_weight: optional ``[E]`` non-negative weights (parallel edges add up).
 
     Returns:
-        ``[n, k]`` float tensor; a family of ``s`` nodes fills ``min(k, s - 1)`` columns, the rest are zero.
+        ``[n, k]`` float tensor; a family of ``s`` connected nodes fills ``min(k, s - 1)`` columns, the rest are
+        zero.
     """
     num_nodes = family.numel()
     _check_graph(edge_index, num_nodes, k)
@@ -179,42 +175,81 @@ def family_laplacian_eigenvectors(family: Tensor, edge_index: Tensor, k: int,
     if num_nodes == 0:
         return out
     order = torch.argsort(family, stable=True)
-    fam_sorted = family[order]
-    sizes = torch.bincount(fam_sorted)
+    sizes = torch.bincount(family)
     start = torch.cumsum(sizes, 0) - sizes
     local = torch.empty_like(family)
-    local[order] = torch.arange(num_nodes) - start[fam_sorted]
-    weight = torch.ones(edge_index.size(1), dtype=torch.float64) if edge_weight is None else edge_weight.double()
-    keep = (family[edge_index[0]] == family[edge_index[1]]) & (edge_index[0] != edge_index[1])
-    src, dst, weight = edge_index[0, keep], edge_index[1, keep], weight[keep]
+    local[order] = torch.arange(num_nodes) - start[family[order]]
+    src, dst, weight = _weighted_edges(edge_index, edge_weight)
+    keep = family[src] == family[dst]
+    src, dst, weight = src[keep], dst[keep], weight[keep]
     for size in torch.unique(sizes[sizes > 1]).tolist():
-        families, nodes = _size_group(family, sizes, size)
-        out[nodes] = _family_block_vectors(families, family, local, size, src, dst, weight, k)
+        families = (sizes == size).nonzero().view(-1)
+        if size > DENSE_EIGEN_LIMIT:
+            for f in families.tolist():
+                nodes = order[start[f]:start[f] + size]
+                mine = family[src] == f
+                out[nodes] = _sparse_eigenvectors(local[src[mine]], local[dst[mine]], weight[mine], size, k)
+            continue
+        per_chunk = max(1, DENSE_BLOCK_BUDGET // (size * size))
+        for chunk in families.split(per_chunk):
+            nodes = order[(start[chunk][:, None] + torch.arange(size)).view(-1)]
+            out[nodes] = _dense_eigenvectors(chunk, family, local, size, src, dst, weight, k)
     return out
 
 
-def _size_group(family: Tensor, sizes: Tensor, size: int) -> tuple[Tensor, Tensor]:
-    """Families of ``size`` nodes (``[F]``) and their nodes sorted by (family, id) (``[F * size]``)."""
-    families = (sizes == size).nonzero().view(-1)
-    nodes = torch.isin(family, families).nonzero().view(-1)
-    return families, nodes[torch.argsort(family[nodes], stable=True)]
+def _weighted_edges(edge_index: Tensor, edge_weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Edges without self-loops and their float64 weights (ones by default)."""
+    weight = (torch.ones(edge_index.size(1), dtype=torch.float64) if edge_weight is None
+              else edge_weight.to(torch.float64))
+    keep = edge_index[0] != edge_index[1]
+    return edge_index[0, keep], edge_index[1, keep], weight[keep]
 
 
-def _family_block_vectors(families: Tensor, family: Tensor, local: Tensor, size: int, src: Tensor, dst: Tensor,
-                          weight: Tensor, k: int) -> Tensor:
-    """Eigenvectors of ``families`` (all of ``size`` nodes): ``[F * size, k]`` rows in (family, id) order."""
+def _normalized_laplacian(adj: Tensor) -> tuple[Tensor, Tensor]:
+    """``[..., s, s]`` adjacency -> ``I - D^-1/2 A D^-1/2`` with :data:`ISOLATED` on isolated nodes' diagonal
+    (beyond the spectrum, so their unit eigenvectors sort last and never mix with the others), and the
+    ``[..., s]`` mask of isolated nodes."""
+    degree = adj.sum(-1)
+    isolated = degree <= 0
+    inv_sqrt = torch.where(isolated, torch.zeros_like(degree), degree.clamp(min=1e-300).rsqrt())
+    diagonal = torch.where(isolated, torch.full_like(degree, ISOLATED), torch.ones_like(degree))
+    return torch.diag_embed(diagonal) - inv_sqrt[..., :, None] * adj * inv_sqrt[..., None, :], isolated
+
+
+def _dense_eigenvectors(families: Tensor, family: Tensor, local: Tensor, size: int, src: Tensor, dst: Tensor,
+                        weight: Tensor, k: int) -> Tensor:
+    """Eigenvectors of ``families`` (all of ``size`` nodes): ``[F * size, k]`` rows in (family, local) order."""
     slot = torch.full((int(family.max()) + 1,), -1, dtype=torch.long)
     slot[families] = torch.arange(families.numel())
     mine = slot[family[src]] >= 0
     adj = torch.zeros(families.numel(), size, size, dtype=torch.float64)
     adj.index_put_((slot[family[src[mine]]], local[src[mine]], local[dst[mine]]), weight[mine], accumulate=True)
-    degree = adj.sum(-1)
-    inv_sqrt = torch.where(degree > 0, degree.clamp(min=1e-300).rsqrt(), torch.zeros_like(degree))
-    lap = torch.diag_embed((degree > 0).double()) - inv_sqrt[:, :, None] * adj * inv_sqrt[:, None, :]
+    lap, isolated = _normalized_laplacian(adj)
     vectors = canonical_sign(torch.linalg.eigh(lap)[1][:, :, 1:k + 1])
     out = torch.zeros(families.numel(), size, k, dtype=torch.float32)
     out[:, :, :vectors.size(-1)] = vectors.float()
+    out[isolated] = 0.0
     return out.reshape(-1, k)
+
+
+def _sparse_eigenvectors(src: Tensor, dst: Tensor, weight: Tensor, num_nodes: int, k: int) -> Tensor:
+    """The same encoding as :func:`_dense_eigenvectors` for one large graph, with ``scipy``'s ``eigsh``."""
+    import numpy as np
+    from scipy.sparse import coo_matrix, diags
+    from scipy.sparse.linalg import eigsh
+
+    adj = coo_matrix((weight.numpy(), (src.numpy(), dst.numpy())), shape=(num_nodes, num_nodes)).tocsr()
+    degree = np.asarray(adj.sum(axis=1)).ravel()
+    isolated = degree <= 0
+    inv_sqrt = np.where(isolated, 0.0, 1.0 / np.sqrt(np.where(isolated, 1.0, degree)))
+    lap = diags(np.where(isolated, ISOLATED, 1.0)) - diags(inv_sqrt) @ adj @ diags(inv_sqrt)
+    count = min(k + 1, num_nodes - 1)
+    values, vectors = eigsh(lap, k=count, which="SA")
+    vectors = canonical_sign(torch.from_numpy(vectors[:, np.argsort(values)])[:, 1:])
+    out = torch.zeros(num_nodes, k, dtype=torch.float32)
+    out[:, :vectors.size(1)] = vectors.float()
+    out[torch.from_numpy(isolated)] = 0.0
+    return out
 
 
 def _check_graph(edge_index: Tensor, num_nodes: int, k: int) -> None:

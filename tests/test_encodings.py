@@ -207,3 +207,24 @@ def test_key_embedding_errors():
         module(["a", "c"])
     with pytest.raises(ValueError, match="key ids"):
         module(torch.tensor([2]))
+
+
+def test_isolated_nodes_get_zero_rows_and_do_not_change_the_others():
+    edge_index, n = graph(nx.path_graph(6))
+    alone = laplacian_eigenvectors(edge_index, n, 3)
+    with_isolated = laplacian_eigenvectors(edge_index + 2, n + 3, 3)
+    assert torch.equal(with_isolated[[0, 1, 8]], torch.zeros(3, 3))
+    assert torch.allclose(with_isolated[2:8], alone, atol=1e-5)
+    assert torch.equal(laplacian_eigenvectors(torch.zeros(2, 0, dtype=torch.long), 4, 2), torch.zeros(4, 2))
+
+
+def test_sparse_path_agrees_with_dense(monkeypatch):
+    pytest.importorskip("scipy")
+    import hgattn.encodings as encodings
+
+    edge_index, n = graph(nx.path_graph(30))
+    edge_index = torch.cat([edge_index, torch.tensor([[3, 40], [40, 3]])], 1)
+    dense = laplacian_eigenvectors(edge_index, n + 12, 3)
+    monkeypatch.setattr(encodings, "DENSE_EIGEN_LIMIT", 10)
+    sparse = laplacian_eigenvectors(edge_index, n + 12, 3)
+    assert torch.allclose(dense, sparse, atol=1e-5)
