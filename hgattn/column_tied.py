@@ -45,7 +45,7 @@ class FamilyGroup:
     """Families padded to a common shape: ``F`` families, ``R`` leaves below each, ``W`` children each.
 
     Attributes:
-        rows: ``[F, R]`` depth-first positions of the leaves below each family's parent (0 in padding).
+        rows: ``[F, R]`` depth-first positions of the leaves below each family's parent (``N`` in padding).
         row_valid: ``[F, R]`` False in padding.
         rank: ``[F, R]`` rank, among the family's children, of the child above each leaf.
         members: ``[F, W]`` the children's node ids, in increasing id (0 in padding).
@@ -107,17 +107,28 @@ def column_tied_hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierar
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
 
     h, layout = hierarchy, column_layout(hierarchy)
-    key_table, value_table = _node_means(k, h), _node_means(v, h)
+    heads_first = (q if layout.order is None else q[layout.order]).transpose(0, 1).contiguous()
+    key_table = _node_means(k, h).transpose(0, 1).contiguous()
+    value_table = _node_means(v, h).transpose(0, 1).contiguous()
     log_count = h.leaf_count.to(dtype).log()
-    q_dfs = q if layout.order is None else q[layout.order]
-    partials = [_family_partials(group, q_dfs, key_table, value_table, log_count, pos, scale, causal)
-                for group in layout.groups]
+    chunks = _chunks(layout.groups, q.size(1), max(q.size(-1), v.size(-1)))
+    logits = [_family_logits(chunk, heads_first, key_table, log_count, pos, scale, causal) for chunk in chunks]
+    self_logit = None
     if include_self:
         self_logit = (q * k).sum(-1) * scale
         if pos is not None:
             self_logit = self_logit + pos[h.leaf_node].square().sum(-1)
-        partials.append((layout.position, self_logit, v))
-    out = _combine(partials, h.num_leaves, v)
+        self_logit = self_logit.t()
+    total = _log_partition(chunks, logits, self_logit, layout.position, h.num_leaves)
+    out = v.new_zeros(v.size(1), h.num_leaves + 1, v.size(-1))
+    for chunk, (logit, allowed) in zip(chunks, logits):
+        rows = chunk.rows.reshape(-1)
+        weight = torch.exp(logit - total[:, rows].view(logit.shape[:3] + (1,))) * allowed
+        out.index_add_(1, rows, torch.matmul(weight, value_table[:, chunk.members]).flatten(1, 2))
+    if self_logit is not None:
+        keep = torch.exp(self_logit - total[:, layout.position]).unsqueeze(-1)
+        out.index_add_(1, layout.position, keep * v.transpose(0, 1))
+    out = out[:, :h.num_leaves].transpose(0, 1)
     out = (out if layout.order is None else out[layout.position]).to(out_dtype)
     return out.squeeze(1) if one_head else out
 
@@ -231,7 +242,7 @@ def _family_group(h: Hierarchy, start: Tensor, parents: Tensor) -> FamilyGroup:
         max=h.child_index.numel() - 1)], 0)
     offset = torch.arange(int(counts.max()), device=h.device)
     row_valid = offset < counts[:, None]
-    rows = torch.where(row_valid, start[parents, None] + offset, 0)
+    rows = torch.where(row_valid, start[parents, None] + offset, h.num_leaves)
     member_start = torch.where(member_valid, start[members], h.num_leaves)
     rank = (member_start[:, None, :] <= rows[:, :, None]).sum(-1) - 1
     return FamilyGroup(rows, row_valid, rank.clamp(min=0), members, member_valid)
@@ -242,60 +253,65 @@ def _node_means(x: Tensor, h: Hierarchy) -> Tensor:
     sums = x.new_zeros((h.num_nodes,) + x.shape[1:]).index_add(0, h.leaf_node, x)
     for depth in range(h.num_levels - 1, 0, -1):
         nodes = h.level_nodes(depth)
-        sums = sums.index_add(0, h.parent[nodes], sums[nodes])
+        sums.index_add_(0, h.parent[nodes], sums[nodes])
     return sums / h.leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
 
 
-def _family_partials(group: FamilyGroup, q: Tensor, key_table: Tensor, value_table: Tensor, log_count: Tensor,
-                     pos: Tensor | None, scale: float, causal: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Per (leaf, family) entry: depth-first leaf position ``[M]``, log-mass ``[M, H]``, output ``[M, H, d]``."""
-    fam, rows, width = group.rows.size(0), group.rows.size(1), group.members.size(1)
-    heads, dim = q.size(1), max(q.size(-1), value_table.size(-1))
-    step_f = max(1, CHUNK_ELEMENTS // (rows * heads * max(width, dim)))
-    step_r = rows if step_f > 1 else max(1, CHUNK_ELEMENTS // (heads * max(width, dim)))
-    parts = []
-    for f in range(0, fam, step_f):
-        for r in range(0, rows, step_r):
-            chunk = FamilyGroup(*(x[f:f + step_f] for x in (group.rows, group.row_valid, group.rank)),
-                                group.members[f:f + step_f], group.member_valid[f:f + step_f])
-            chunk = FamilyGroup(chunk.rows[:, r:r + step_r], chunk.row_valid[:, r:r + step_r],
-                                chunk.rank[:, r:r + step_r], chunk.members, chunk.member_valid)
-            parts.append(_attend_family(chunk, q, key_table, value_table, log_count, pos, scale, causal))
-    return tuple(torch.cat(items) for items in zip(*parts))
+def _chunks(groups: list[FamilyGroup], heads: int, dim: int) -> list[FamilyGroup]:
+    """Split groups into pieces whose logits and outputs hold at most :data:`CHUNK_ELEMENTS` elements."""
+    pieces = []
+    for group in groups:
+        fam, rows = group.rows.shape
+        per_row = heads * max(group.members.size(1), dim)
+        step_f = max(1, CHUNK_ELEMENTS // (rows * per_row))
+        step_r = rows if step_f > 1 else max(1, CHUNK_ELEMENTS // per_row)
+        for f in range(0, fam, step_f):
+            for r in range(0, rows, step_r):
+                pieces.append(FamilyGroup(group.rows[f:f + step_f, r:r + step_r],
+                                          group.row_valid[f:f + step_f, r:r + step_r],
+                                          group.rank[f:f + step_f, r:r + step_r],
+                                          group.members[f:f + step_f], group.member_valid[f:f + step_f]))
+    return pieces
 
 
-def _attend_family(group: FamilyGroup, q: Tensor, key_table: Tensor, value_table: Tensor, log_count: Tensor,
-                   pos: Tensor | None, scale: float, causal: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Softmax of each leaf query over its family's child summaries (``log n(S)`` prior), heads-first."""
+def _family_logits(group: FamilyGroup, queries: Tensor, key_table: Tensor, log_count: Tensor, pos: Tensor | None,
+                   scale: float, causal: bool) -> tuple[Tensor, Tensor]:
+    """Logits ``[H, F, R, W]`` of each leaf query below a family over its children's summaries (``log n(S)``
+    prior, position term; :data:`NEG` where not allowed) and the allowed mask ``[1, F, R, W]``.
+
+    ``queries`` ``[H, N, d]`` in depth-first order; ``key_table`` ``[H, T, d]``.
+    """
     members = group.members
-    queries = q[group.rows].permute(0, 2, 1, 3)                                  # [F, H, R, d]
-    keys = key_table[members].permute(0, 2, 3, 1)                                # [F, H, d, W]
-    logit = torch.matmul(queries, keys) * scale + log_count[members][:, None, None, :]
+    fam, rows = group.rows.shape
+    q = queries[:, group.rows.reshape(-1).clamp(max=queries.size(1) - 1)].view(queries.size(0), fam, rows, -1)
+    logit = torch.matmul(q, key_table[:, members].transpose(-1, -2)).mul_(scale)
+    logit = logit + log_count[members][None, :, None, :]
     if pos is not None:
         member_pos = pos[members].transpose(1, 2)                                # [F, Hp, W, C]
         pair = torch.matmul(member_pos, member_pos.transpose(-1, -2))            # [F, Hp, W, W]
         index = group.rank[:, None, :, None].expand(-1, pair.size(1), -1, pair.size(-1))
-        logit = logit + torch.gather(pair, 2, index)
+        logit = logit + torch.gather(pair, 2, index).transpose(0, 1)
     slot = torch.arange(members.size(1), device=members.device)
     allowed = slot < group.rank[..., None] if causal else slot != group.rank[..., None]
-    allowed = (allowed & group.member_valid[:, None, :]).unsqueeze(1)           # [F, 1, R, W]
-    logit = logit.masked_fill(~allowed, NEG)
-    lse = torch.logsumexp(logit, dim=-1)
-    weight = torch.exp(logit - lse.unsqueeze(-1)) * allowed
-    lse = lse.masked_fill(~allowed.any(-1), NEG)
-    out = torch.matmul(weight, value_table[members].transpose(1, 2))              # [F, H, R, d]
-    valid = group.row_valid
-    return group.rows[valid], lse.transpose(1, 2)[valid], out.transpose(1, 2)[valid]
+    allowed = (allowed & group.member_valid[:, None, :] & group.row_valid[..., None]).unsqueeze(0)
+    return logit.masked_fill(~allowed, NEG), allowed
 
 
-def _combine(partials: list[tuple[Tensor, Tensor, Tensor]], num_leaves: int, like: Tensor) -> Tensor:
-    """Logsumexp-weighted sum of the partial softmaxes of every leaf: ``[N, H, d]``."""
-    if not partials:
-        return like.new_zeros(like.shape)
-    rows, lse, out = (torch.cat(items) for items in zip(*partials))
-    top = lse.new_full((num_leaves, lse.size(1)), NEG).scatter_reduce(
-        0, rows[:, None].expand_as(lse), lse.detach(), "amax")
-    shifted = torch.exp(lse - top[rows])
-    total = top + lse.new_zeros(top.shape).index_add(0, rows, shifted).log()
-    weight = torch.exp(lse - total[rows]).unsqueeze(-1)
-    return out.new_zeros((num_leaves,) + out.shape[1:]).index_add(0, rows, weight * out)
+def _log_partition(chunks: list[FamilyGroup], logits: list[tuple[Tensor, Tensor]], self_logit: Tensor | None,
+                   position: Tensor, num_leaves: int) -> Tensor:
+    """``[H, N + 1]`` log of each leaf's total mass over all its families and its self term (depth-first
+    order; the last row collects padding)."""
+    parts = [(chunk.rows.reshape(-1), torch.logsumexp(logit, dim=-1).flatten(1))
+             for chunk, (logit, _) in zip(chunks, logits)]
+    if self_logit is not None:
+        parts.append((position, self_logit))
+    if not parts:
+        return torch.zeros(1, num_leaves + 1)
+    heads = parts[0][1].size(0)
+    top = parts[0][1].new_full((heads, num_leaves + 1), NEG)
+    for rows, lse in parts:
+        top.scatter_reduce_(1, rows.expand(heads, -1), lse.detach(), "amax")
+    mass = top.new_zeros(top.shape)
+    for rows, lse in parts:
+        mass.index_add_(1, rows, torch.exp(lse - top[:, rows]))
+    return top + mass.log()
