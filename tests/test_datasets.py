@@ -1,10 +1,15 @@
 """Datasets: real files, published counts, fixed splits, batching into forests."""
+import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
+from torch_geometric.loader import DataLoader
 
+from hgattn import Hierarchy
 from hgattn.datasets.bbc import BBC_TOPICS, parse_article, read_bbc_articles
+from hgattn.datasets.splits import stratified_split
 
 
 def test_bbc_articles_published_counts():
@@ -32,3 +37,272 @@ def test_bbc_parse_errors(tmp_path: Path):
         parse_article("Only a title\n")
     with pytest.raises(FileNotFoundError, match="business"):
         read_bbc_articles(tmp_path)
+
+
+# ---------------------------------------------------------------------- shared helpers
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+EMOJI_PACKAGE = Path(os.environ.get("EMOJI_DATASOURCE_GOOGLE", "/work/npm/node_modules/emoji-datasource-google"))
+
+
+def _forest(dataset, batch_size: int, leaf: str) -> Hierarchy:
+    batch = next(iter(DataLoader(dataset, batch_size=batch_size)))
+    hierarchy = Hierarchy.from_hetero(batch)
+    assert hierarchy.num_trees == min(batch_size, len(dataset))
+    assert hierarchy.node_slices[leaf] == (0, batch[leaf].num_nodes)
+    assert torch.equal(hierarchy.batch[:batch[leaf].num_nodes], batch[leaf].batch)
+    return hierarchy
+
+
+def test_stratified_split_is_seeded_and_stratified():
+    y = torch.tensor([0] * 10 + [1] * 20 + [2] * 5)
+    split = stratified_split(y, seed=3)
+    assert torch.equal(torch.sort(torch.cat(list(split.values()))).values, torch.arange(35))
+    assert torch.bincount(y[split["train"]]).tolist() == [8, 16, 4]
+    assert torch.bincount(y[split["valid"]], minlength=3).tolist() == [1, 2, 0]
+    assert all(torch.equal(a, b) for a, b in zip(split.values(), stratified_split(y, seed=3).values()))
+    assert not torch.equal(split["train"], stratified_split(y, seed=4)["train"])
+    with pytest.raises(ValueError, match="fractions"):
+        stratified_split(y, fractions=(0.9, 0.2))
+    with pytest.raises(ValueError, match="1-D integer"):
+        stratified_split(y.float())
+
+
+# ---------------------------------------------------------------------- BBC News
+@pytest.fixture(scope="module")
+def bbc_subset(tmp_path_factory):
+    pytest.importorskip("transformers")
+    pytest.importorskip("pysbd")
+    from hgattn.datasets.bbc import BBCNews
+
+    return BBCNews(str(tmp_path_factory.mktemp("bbc")), articles_per_topic=3)
+
+
+def test_bbc_news_subset(bbc_subset, tmp_path):
+    from hgattn.datasets.bbc import BBCNews
+    from hgattn.transforms import TextHierarchy
+
+    assert len(bbc_subset) == 15 and bbc_subset.num_classes == 5
+    assert bbc_subset._data.y.tolist() == [label for label in range(5) for _ in range(3)]
+    first = read_bbc_articles()[0]
+    item = bbc_subset[0]
+    title_ids = TextHierarchy().tokenizer([first.title], add_special_tokens=False)["input_ids"][0]
+    assert item["token"].token_id[:len(title_ids)].tolist() == title_ids
+    assert item["paragraph"].num_nodes == 1 + len(first.paragraphs)
+    hierarchy = _forest(bbc_subset, 6, "token")
+    assert hierarchy.num_leaves == sum(bbc_subset[i]["token"].num_nodes for i in range(6))
+    again = BBCNews(str(tmp_path), articles_per_topic=3)
+    assert all(torch.equal(again[i]["token"].token_id, bbc_subset[i]["token"].token_id) for i in range(15))
+    assert all(torch.equal(a, b) for a, b in zip(again.split_idx.values(), bbc_subset.split_idx.values()))
+
+
+def test_bbc_news_errors(tmp_path):
+    from hgattn.datasets.bbc import BBCNews
+
+    with pytest.raises(ValueError, match="articles_per_topic"):
+        BBCNews(str(tmp_path), articles_per_topic=0)
+    bad = tmp_path / "data"
+    for topic in BBC_TOPICS:
+        (bad / topic).mkdir(parents=True)
+    (bad / "business" / "001.txt").write_bytes(b"\n\n")
+    with pytest.raises(ValueError, match="001.txt: empty article"):
+        BBCNews(str(tmp_path / "out"), data_dir=bad)
+
+
+@pytest.mark.slow
+def test_bbc_news_full(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("pysbd")
+    from hgattn.datasets.bbc import BBCNews
+
+    dataset = BBCNews(str(tmp_path))
+    assert len(dataset) == 2225
+    assert torch.bincount(dataset._data.y).tolist() == [510, 386, 417, 511, 401]
+    assert sum(len(part) for part in dataset.split_idx.values()) == 2225
+    _forest(dataset, 64, "token")
+
+
+# ---------------------------------------------------------------------- Planetoid
+@pytest.mark.parametrize("name, nodes, edges, classes", [("Cora", 2708, 10556, 7), ("CiteSeer", 3327, 9104, 6)])
+def test_planetoid_published_counts(tmp_path, name, nodes, edges, classes):
+    source = SHARED / "planetoid" / name / "raw"
+    if not source.is_dir():
+        pytest.skip(f"no Planetoid raw files in {source}")
+    from hgattn.datasets.planetoid import HierarchicalPlanetoid
+
+    dataset = HierarchicalPlanetoid(str(tmp_path), name, source=source)
+    data = dataset[0]
+    assert data["node"].num_nodes == nodes and data["node", "to", "node"].edge_index.size(1) == edges
+    assert dataset.num_classes == classes
+    assert [int(data["node"][m].sum()) for m in ("train_mask", "val_mask", "test_mask")] == [
+        20 * classes, 500, 1000]
+    hierarchy = Hierarchy.from_hetero(data)
+    assert hierarchy.num_leaves == nodes and hierarchy.num_trees == 1
+    assert hierarchy.node_slices["node"] == (0, nodes)
+    again = HierarchicalPlanetoid(str(tmp_path), name)
+    assert torch.equal(again[0]["node", "in", "cluster1"].edge_index, data["node", "in", "cluster1"].edge_index)
+
+
+def test_planetoid_missing_raw_files(tmp_path):
+    from hgattn.datasets.planetoid import HierarchicalPlanetoid
+
+    with pytest.raises(FileNotFoundError, match="lacks the raw files"):
+        HierarchicalPlanetoid(str(tmp_path / "root"), "Cora", source=tmp_path)
+
+
+# ---------------------------------------------------------------------- OGB molecules
+def _ogb_source(folder: str) -> Path:
+    pytest.importorskip("ogb")
+    pytest.importorskip("rdkit")
+    source = SHARED / "ogb" / folder
+    if not source.is_dir():
+        pytest.skip(f"no OGB data in {source}")
+    return source
+
+
+def test_ogbg_molfreesolv(tmp_path):
+    from hgattn.datasets.ogb import OGBMoleculeDataset
+
+    dataset = OGBMoleculeDataset("ogbg-molfreesolv", str(tmp_path), source=_ogb_source("ogbg_molfreesolv"),
+                                 limit=64)
+    assert len(dataset.ogb) == 642 and len(dataset) == 64 and dataset.num_tasks == 1
+    assert sum(len(part) for part in dataset.ogb.get_idx_split().values()) == 642
+    assert all(int(part.max()) < 64 for part in dataset.split_idx.values())
+    graph, tree = dataset.ogb[5], dataset[5]
+    assert torch.equal(tree["atom"].x, graph.x) and torch.equal(tree.y, graph.y)
+    assert torch.equal(tree["atom", "bond", "atom"].edge_index, graph.edge_index)
+    hierarchy = _forest(dataset, 32, "atom")
+    assert hierarchy.num_leaves == sum(dataset.ogb[i].num_nodes for i in range(32))
+    small = OGBMoleculeDataset("ogbg-molfreesolv", str(tmp_path), limit=16)
+    assert len(small) == 16 and torch.equal(small[7]["atom"].pos, dataset[7]["atom"].pos)
+
+
+def test_ogb_errors(tmp_path):
+    pytest.importorskip("ogb")
+    from hgattn.datasets.ogb import OGBMoleculeDataset, OGBNodeDataset, copy_ogb_folder, ogb_compat
+
+    with pytest.raises(ValueError, match="not an ogbg-mol"):
+        OGBMoleculeDataset("ogbg-ppa", str(tmp_path))
+    with pytest.raises(ValueError, match="not an ogbn-"):
+        OGBNodeDataset("ogbg-molhiv", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="not an OGB dataset folder"):
+        copy_ogb_folder(tmp_path, tmp_path / "root", "ogbg-molhiv")
+    (tmp_path / "ogbg_molhiv" / "raw").mkdir(parents=True)
+    with pytest.raises(ValueError, match="RELEASE_v<version>.txt"):
+        OGBMoleculeDataset("ogbg-molhiv", str(tmp_path))
+    original = torch.load
+    with ogb_compat():
+        assert torch.load is not original
+    assert torch.load is original
+
+
+@pytest.mark.slow
+def test_ogbg_molhiv_full(tmp_path):
+    from hgattn.datasets.ogb import OGBMoleculeDataset
+
+    dataset = OGBMoleculeDataset("ogbg-molhiv", str(tmp_path), source=_ogb_source("ogbg_molhiv"))
+    assert len(dataset) == 41127
+    assert [len(dataset.split_idx[k]) for k in ("train", "valid", "test")] == [32901, 4113, 4113]
+    _forest(dataset, 256, "atom")
+
+
+# ---------------------------------------------------------------------- OGB nodes: real on-disk format
+def _write_csv(path: Path, rows) -> None:
+    import pandas as pd
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, compression="gzip", header=False, index=False)
+
+
+def _write_ogbn_fixture(root: Path, name: str, split: str, node_year: bool) -> dict[str, torch.Tensor]:
+    """A 60-node graph in OGB's csv.gz layout for ``name`` (a test fixture, not the real dataset)."""
+    generator = torch.Generator().manual_seed(0)
+    n = 60
+    ring = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n])
+    chords = torch.randint(0, n, (2, 40), generator=generator)
+    edges = torch.cat([ring, chords[:, chords[0] != chords[1]]], 1)
+    x = torch.randn(n, 8, generator=generator)
+    y = torch.randint(0, 5, (n,), generator=generator)
+    folder = root / name.replace("-", "_")
+    _write_csv(folder / "raw" / "edge.csv.gz", edges.t().tolist())
+    _write_csv(folder / "raw" / "num-node-list.csv.gz", [[n]])
+    _write_csv(folder / "raw" / "num-edge-list.csv.gz", [[edges.size(1)]])
+    _write_csv(folder / "raw" / "node-feat.csv.gz", x.tolist())
+    _write_csv(folder / "raw" / "node-label.csv.gz", y.view(-1, 1).tolist())
+    if node_year:
+        _write_csv(folder / "raw" / "node_year.csv.gz", (2000 + torch.arange(n) % 20).view(-1, 1).tolist())
+    order = torch.randperm(n, generator=generator)
+    parts = {"train": order[:36], "valid": order[36:48], "test": order[48:]}
+    for key, index in parts.items():
+        _write_csv(folder / "split" / split / f"{key}.csv.gz", index.view(-1, 1).tolist())
+    (folder / "RELEASE_v1.txt").write_text("fixture in OGB's on-disk format\n")
+    return {"edges": edges, "x": x, "y": y, **parts}
+
+
+@pytest.mark.parametrize("name, split, node_year, inverse", [
+    ("ogbn-arxiv", "time", True, False), ("ogbn-products", "sales_ranking", False, True)])
+def test_ogbn_loader_on_a_real_format_fixture(tmp_path, name, split, node_year, inverse):
+    pytest.importorskip("ogb")
+    from hgattn.datasets.ogb import OGBNodeDataset
+
+    fixture = _write_ogbn_fixture(tmp_path, name, split, node_year)
+    dataset = OGBNodeDataset(name, str(tmp_path), branching=4)
+    data = dataset[0]
+    node = data["node"]
+    assert node.num_nodes == 60 and torch.allclose(node.x, fixture["x"]) and torch.equal(node.y, fixture["y"])
+    expected_edges = fixture["edges"].size(1) * (2 if inverse else 1)
+    assert data["node", "to", "node"].edge_index.size(1) == expected_edges
+    for mask, key in (("train_mask", "train"), ("val_mask", "valid"), ("test_mask", "test")):
+        assert torch.equal(node[mask].nonzero().view(-1), torch.sort(fixture[key]).values)
+    hierarchy = Hierarchy.from_hetero(data)
+    assert hierarchy.num_leaves == 60 and hierarchy.num_trees == 1
+    assert int(hierarchy.family_size[hierarchy.parent >= 0].max()) <= 8
+    assert dataset.num_classes == int(fixture["y"].max()) + 1
+
+
+# ---------------------------------------------------------------------- Emoji
+def _emoji_package() -> Path:
+    pytest.importorskip("transformers")
+    pytest.importorskip("PIL")
+    if not (EMOJI_PACKAGE / "emoji.json").is_file():
+        pytest.skip("npm package emoji-datasource-google is not installed: npm install emoji-datasource-google@16.0.0")
+    return EMOJI_PACKAGE
+
+
+def test_emoji_subset(tmp_path):
+    from hgattn.datasets.emoji import EMOJI_CATEGORIES, Emoji, read_emoji_image
+
+    package = _emoji_package()
+    dataset = Emoji(str(tmp_path), source=package, limit=24)
+    assert len(dataset) == 24 and dataset.num_classes == 10
+    item = dataset[0]
+    assert item.unified == "1F600" and EMOJI_CATEGORIES[int(item.y)] == "Smileys & Emotion"
+    pixels = read_emoji_image(package / "img" / "google" / "64" / "1f600.png")
+    assert torch.allclose(item["patch"].x[0], pixels[:, :8, :8].reshape(-1).float() / 255)
+    assert item.node_types == ["patch", "region2", "region1", "image", "token", "name", "keywords", "item"]
+    assert item["name"].pos.tolist() == [[0, 1, 0]]
+    hierarchy = _forest(dataset, 8, "patch")
+    assert hierarchy.num_leaves == 8 * 64 + sum(dataset[i]["token"].num_nodes for i in range(8))
+
+
+def test_emoji_errors(tmp_path, monkeypatch):
+    from hgattn.datasets.emoji import Emoji, find_emoji_package, read_emoji_image
+
+    monkeypatch.delenv("EMOJI_DATASOURCE_GOOGLE", raising=False)
+    with pytest.raises(FileNotFoundError, match="npm install emoji-datasource-google@16.0.0"):
+        find_emoji_package(tmp_path)
+    with pytest.raises(ValueError, match="limit"):
+        Emoji(str(tmp_path), limit=0)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read the image"):
+        read_emoji_image(broken)
+
+
+@pytest.mark.slow
+def test_emoji_full(tmp_path):
+    from hgattn.datasets.emoji import Emoji
+
+    dataset = Emoji(str(tmp_path), source=_emoji_package())
+    assert len(dataset) == 1911
+    assert torch.bincount(dataset._data.y).tolist() == [85, 159, 5, 270, 131, 264, 386, 169, 224, 218]
+    _forest(dataset, 64, "patch")

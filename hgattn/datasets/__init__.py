@@ -1,2 +1,6 @@
 """Hierarchical datasets that load offline from files shipped by package registries."""
-from .bbc import BBC_TOPICS, BBCArticle, read_bbc_articles
+from .bbc import BBC_TOPICS, BBCArticle, BBCNews, read_bbc_articles
+from .emoji import EMOJI_CATEGORIES, Emoji
+from .ogb import OGBMoleculeDataset, OGBNodeDataset
+from .planetoid import HierarchicalPlanetoid
+from .splits import stratified_split
