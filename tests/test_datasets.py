@@ -264,7 +264,7 @@ def _emoji_package() -> Path:
     pytest.importorskip("transformers")
     pytest.importorskip("PIL")
     if not (EMOJI_PACKAGE / "emoji.json").is_file():
-        pytest.skip("npm package emoji-datasource-google is not installed: npm install emoji-datasource-google@16.0.0")
+        pytest.skip("no emoji-datasource-google: npm install emoji-datasource-google@16.0.0")
     return EMOJI_PACKAGE
 
 

@@ -37,7 +37,8 @@ def test_feature_fn_uint8_determinism_and_data_input():
     image = torch.randint(0, 256, (4, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     builder = ImageHierarchy(patch_size=4, feature_fn=lambda p: p.mean(dim=(2, 3)))
     data = builder(Data(image=image, y=torch.tensor([2])))
-    assert data["patch"].x.shape == (16, 4) and data.y.tolist() == [2] and list(data.to_dict()["_global_store"]) == ["y"]
+    assert data["patch"].x.shape == (16, 4) and data.y.tolist() == [2]
+    assert list(data.to_dict()["_global_store"]) == ["y"]
     assert torch.allclose(data["patch"].x[0], image[:, :4, :4].float().mean(dim=(1, 2)) / 255)
     again = builder(Data(image=image, y=torch.tensor([2])))
     assert all(torch.equal(data[t].pos, again[t].pos) for t in data.node_types)

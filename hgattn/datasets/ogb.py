@@ -43,8 +43,9 @@ def ogb_compat() -> Iterator[None]:
     def answer(prompt: str = "") -> str:
         if "download" in prompt.lower() or "proceed" in prompt.lower():
             return "y"
-        raise ValueError(f"ogb asked {prompt.strip()!r}: the dataset folder exists without its RELEASE_v<version>.txt "
-                         "marker (an old or partial copy); delete the folder or add the marker of the files' release")
+        raise ValueError(f"ogb asked {prompt.strip()!r}: the dataset folder exists without its "
+                         "RELEASE_v<version>.txt marker (an old or partial copy); delete the folder, or add the "
+                         "marker of the files' release")
 
     torch.load, builtins.input = load, answer
     try:

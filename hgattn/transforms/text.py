@@ -83,8 +83,8 @@ class TextHierarchy(BaseTransform):
 
     Output ``HeteroData`` (``n`` tokens, ``s`` sentences, ``p`` paragraphs):
 
-    * ``token``: ``num_nodes``, ``token_id`` ``[n]``, ``pos`` ``[n, pos_dim]``, and ``x`` ``[n, 384]`` (frozen MiniLM word
-      embeddings) when ``embeddings=True``; rows in reading order;
+    * ``token``: ``num_nodes``, ``token_id`` ``[n]``, ``pos`` ``[n, pos_dim]``, and ``x`` ``[n, 384]``
+      (frozen MiniLM word embeddings) when ``embeddings=True``; rows in reading order;
     * ``sentence`` ``[s]``, ``paragraph`` ``[p]``, ``document`` ``[1]``: ``num_nodes`` and ``pos``;
     * tree edges ``('token', 'in', 'sentence')``, ``('sentence', 'in', 'paragraph')``,
       ``('paragraph', 'in', 'document')``.
