@@ -79,7 +79,8 @@ class Options:
 
 def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--docs", type=int, default=0, help="articles, the first docs/5 of each topic (0: all)")
+    parser.add_argument("--docs", type=int, default=0,
+                        help="articles: the first docs/5 of each topic (0: all)")
     parser.add_argument("--max-length", type=int, default=512, help="tokens per article (truncation)")
     parser.add_argument("--batch-size", type=int, default=16, help="articles per forward pass")
     parser.add_argument("--start-layers", type=int, nargs="+", default=[1, 3, 5])
@@ -148,6 +149,11 @@ def probe_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return train_test_split(np.arange(len(labels)), test_size=0.3, stratify=labels, random_state=0)
 
 
+def _accuracy(probe: LogisticRegression, embeddings: torch.Tensor, labels: np.ndarray,
+              rows: np.ndarray) -> float:
+    return float(probe.score(embeddings[rows].numpy(), labels[rows]))
+
+
 def fit_probe(embeddings: torch.Tensor, labels: np.ndarray, train: np.ndarray) -> LogisticRegression:
     return LogisticRegression(max_iter=2000).fit(embeddings[train].numpy(), labels[train])
 
@@ -162,8 +168,8 @@ def evaluate(opts: Options) -> dict:
     original_probe = fit_probe(original, labels, train)
     flat_flops = statistics.mean(attention_flops(n, heads, head_dim, None) for n in lengths)
     rows = [{"layers": [], "tie": None, "start_layer": None, "cosine_mean": 1.0, "cosine_min": 1.0,
-             "acc_retrained": float(original_probe.score(original[test].numpy(), labels[test])),
-             "acc_original_probe": float(original_probe.score(original[test].numpy(), labels[test])),
+             "acc_retrained": _accuracy(original_probe, original, labels, test),
+             "acc_original_probe": _accuracy(original_probe, original, labels, test),
              "flops_per_layer": flat_flops, "flops_reduction": 0.0, "embed_seconds": seconds}]
     num_layers = model.config.num_hidden_layers
     for start in opts.start_layers:
@@ -176,15 +182,15 @@ def evaluate(opts: Options) -> dict:
             flops = statistics.mean(attention_flops(n, heads, head_dim, tie) for n in lengths)
             rows.append({"layers": layers, "tie": tie, "start_layer": start,
                          "cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
-                         "acc_retrained": float(fit_probe(swapped, labels, train).score(swapped[test].numpy(),
-                                                                                          labels[test])),
-                         "acc_original_probe": float(original_probe.score(swapped[test].numpy(), labels[test])),
+                         "acc_retrained": _accuracy(fit_probe(swapped, labels, train), swapped, labels, test),
+                         "acc_original_probe": _accuracy(original_probe, swapped, labels, test),
                          "flops_per_layer": flops, "flops_reduction": 1.0 - flops / flat_flops,
                          "embed_seconds": seconds})
             print(f"  layers {layers} tie={tie}: cosine {rows[-1]['cosine_mean']:.4f}, "
                   f"acc {rows[-1]['acc_retrained']:.4f} / {rows[-1]['acc_original_probe']:.4f}", flush=True)
-    return {"docs": len(texts), "train": len(train), "test": len(test), "mean_tokens": statistics.mean(lengths),
-            "max_tokens": max(lengths), "heads": heads, "head_dim": head_dim, "rows": rows}
+    return {"docs": len(texts), "train": len(train), "test": len(test),
+            "mean_tokens": statistics.mean(lengths), "max_tokens": max(lengths), "heads": heads,
+            "head_dim": head_dim, "rows": rows}
 
 
 def time_attention(opts: Options, heads: int = 12, head_dim: int = 32) -> list[dict]:
@@ -216,11 +222,12 @@ def time_attention(opts: Options, heads: int = 12, head_dim: int = 32) -> list[d
 def _window_forest(batch: int, length: int) -> Hierarchy:
     tree = Hierarchy.from_windows(length, BRANCHING).parent
     size = tree.numel()
-    return Hierarchy.from_parent(torch.cat([torch.where(tree >= 0, tree + b * size, -1) for b in range(batch)]))
+    shifted = [torch.where(tree >= 0, tree + b * size, -1) for b in range(batch)]
+    return Hierarchy.from_parent(torch.cat(shifted))
 
 
 def _attention_calls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forest: Hierarchy) -> dict:
-    """The compared attentions on ``[B, H, N, d]`` inputs; HSA reads rows ``[B N, H, d]`` as the model does."""
+    """The attentions compared, on ``[B, H, N, d]`` inputs (HSA on ``[B N, H, d]`` rows, as in the model)."""
     def rows(x: torch.Tensor) -> torch.Tensor:
         return x.transpose(1, 2).reshape(-1, x.size(1), x.size(-1))
 
@@ -230,14 +237,16 @@ def _attention_calls(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, forest: 
 
     calls = {"sdpa": lambda: F.scaled_dot_product_attention(q, k, v), "eager": eager}
     for tie in TIES:
-        calls[f"hsa-{tie}"] = (lambda tie=tie: hsa(rows(q), rows(k), rows(v), forest, include_self=True, tie=tie))
+        calls[f"hsa-{tie}"] = (lambda tie=tie: hsa(rows(q), rows(k), rows(v), forest, include_self=True,
+                                                   tie=tie))
     return calls
 
 
 def markdown(opts: Options, quality: dict, timing: list[dict]) -> str:
     lines = ["# Zero-shot HSA in all-MiniLM-L6-v2 on BBC News", "",
-             f"{quality['docs']} articles ({quality['train']} probe-train / {quality['test']} test, stratified, "
-             f"seed 0), truncated to {opts.max_length} tokens (mean {quality['mean_tokens']:.0f} real tokens), "
+             f"{quality['docs']} articles ({quality['train']} probe-train / {quality['test']} test, "
+             f"stratified, seed 0), truncated to {opts.max_length} tokens (mean {quality['mean_tokens']:.0f} "
+             "real tokens), "
              f"window hierarchy {BRANCHING}, include_self, {opts.threads} CPU thread(s), torch "
              f"{torch.__version__}.", "",
              "| swapped layers | tie | probe acc (retrained) | probe acc (orig. probe) | cosine mean (min) | "
@@ -246,7 +255,8 @@ def markdown(opts: Options, quality: dict, timing: list[dict]) -> str:
     for row in quality["rows"]:
         layers = ", ".join(map(str, row["layers"])) or "none (original)"
         lines.append(f"| {layers} | {row['tie'] or '-'} | {row['acc_retrained']:.4f} | "
-                     f"{row['acc_original_probe']:.4f} | {row['cosine_mean']:.4f} ({row['cosine_min']:.4f}) | "
+                     f"{row['acc_original_probe']:.4f} | "
+                     f"{row['cosine_mean']:.4f} ({row['cosine_min']:.4f}) | "
                      f"{row['flops_per_layer'] / 1e9:.4f} | {100 * row['flops_reduction']:.1f}% | "
                      f"{row['embed_seconds']:.1f} |")
     methods = list(dict.fromkeys(r["method"] for r in timing))

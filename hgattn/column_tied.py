@@ -15,9 +15,10 @@ leaves. Each leaf reads at most ``b - 1`` summaries per level: time and memory `
 
 Computation: leaves are put in depth-first order, so that the leaves below any node are consecutive. Every
 family (the children of one inner node ``P``) is a small dense attention of the ``n(P)`` leaf queries below
-``P`` over the ``|chd(P)|`` child summaries; families of similar shape are padded into one batch. Each family
-gives every leaf below it a partial softmax (log-mass and normalised output), and the partials of a leaf's
-ancestors' families and of its self term are combined by logsumexp.
+``P`` over the ``|chd(P)|`` child summaries; families of similar shape are padded into one batch. A first
+pass takes each leaf's log partition ``log Z_i`` over its ancestors' families and its self term (logsumexp of
+the families' logits, which are kept); a second pass adds ``exp(logit - log Z_i)`` times the child value
+summaries into the output. Autograd differentiates both passes.
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class ColumnLayout:
 
     Attributes:
         position: ``[N]`` depth-first position of each leaf row.
-        order: ``[N]`` leaf row at each depth-first position (``None`` when leaf rows are depth-first already).
+        order: ``[N]`` leaf row at each depth-first position (``None`` when leaf rows are depth-first
+            already).
         groups: the families, grouped by padded shape.
     """
 
@@ -77,9 +79,10 @@ class ColumnLayout:
 _LAYOUTS: WeakKeyDictionary = WeakKeyDictionary()
 
 
-def column_tied_hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos: Tensor | None = None,
-                    include_self: bool = False, scale: float | None = None, tie: str | None = "columns",
-                    causal: bool = False, return_attention: bool = False) -> Tensor:
+def column_tied_hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *,
+                    pos: Tensor | None = None, include_self: bool = False, scale: float | None = None,
+                    tie: str | None = "columns", causal: bool = False,
+                    return_attention: bool = False) -> Tensor:
     """Column-tied HSA; ``hgattn.hsa(..., tie='columns')`` and ``hgattn.hsa(..., causal=True)`` call this.
 
     Args:
@@ -112,7 +115,8 @@ def column_tied_hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierar
     value_table = _node_means(v, h).transpose(0, 1).contiguous()
     log_count = h.leaf_count.to(dtype).log()
     chunks = _chunks(layout.groups, q.size(1), max(q.size(-1), v.size(-1)))
-    logits = [_family_logits(chunk, heads_first, key_table, log_count, pos, scale, causal) for chunk in chunks]
+    logits = [_family_logits(chunk, heads_first, key_table, log_count, pos, scale, causal)
+              for chunk in chunks]
     self_logit = None
     if include_self:
         self_logit = (q * k).sum(-1) * scale
@@ -163,8 +167,8 @@ def check_depth_first(hierarchy: Hierarchy) -> None:
         last.scatter_reduce_(0, node, rows, "amax")
     split = (last - first + 1 != h.leaf_count).nonzero().view(-1)
     if split.numel():
-        raise ValueError(f"causal HSA needs leaves numbered depth-first: the leaves below node {int(split[0])} "
-                         "are not consecutive leaf rows (renumber the tree in preorder)")
+        raise ValueError("causal HSA needs leaves numbered depth-first: the leaves below node "
+                         f"{int(split[0])} are not consecutive leaf rows (renumber the tree in preorder)")
     children = h.child_index
     same_family = h.parent[children[1:]] == h.parent[children[:-1]]
     backwards = same_family & (first[children[1:]] < last[children[:-1]])
@@ -175,7 +179,7 @@ def check_depth_first(hierarchy: Hierarchy) -> None:
 
 
 def attended_summaries(hierarchy: Hierarchy, *, causal: bool = False, include_self: bool = True) -> int:
-    """How many summaries all leaves attend to together (the work of column-tied HSA is ``4 H d`` times this)."""
+    """How many summaries all leaves attend to together (column-tied HSA's work is ``4 H d`` times this)."""
     h = hierarchy
     if causal:
         count = int((h.leaf_count * h.child_rank)[h.parent >= 0].sum())
@@ -274,8 +278,8 @@ def _chunks(groups: list[FamilyGroup], heads: int, dim: int) -> list[FamilyGroup
     return pieces
 
 
-def _family_logits(group: FamilyGroup, queries: Tensor, key_table: Tensor, log_count: Tensor, pos: Tensor | None,
-                   scale: float, causal: bool) -> tuple[Tensor, Tensor]:
+def _family_logits(group: FamilyGroup, queries: Tensor, key_table: Tensor, log_count: Tensor,
+                   pos: Tensor | None, scale: float, causal: bool) -> tuple[Tensor, Tensor]:
     """Logits ``[H, F, R, W]`` of each leaf query below a family over its children's summaries (``log n(S)``
     prior, position term; :data:`NEG` where not allowed) and the allowed mask ``[1, F, R, W]``.
 
@@ -306,7 +310,7 @@ def _log_partition(chunks: list[FamilyGroup], logits: list[tuple[Tensor, Tensor]
     if self_logit is not None:
         parts.append((position, self_logit))
     if not parts:
-        return torch.zeros(1, num_leaves + 1)
+        return torch.zeros(1, num_leaves + 1, device=position.device)
     heads = parts[0][1].size(0)
     top = parts[0][1].new_full((heads, num_leaves + 1), NEG)
     for rows, lse in parts:

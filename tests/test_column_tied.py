@@ -16,7 +16,7 @@ from trees import (LONE_LEAF, ONE_LEAF_CHAIN, ONE_LEAF_ROOT, UNARY_CHAIN, UNBALA
 
 DOUBLE = torch.float64
 FIXED = {"unbalanced": UNBALANCED, "unary_chain": UNARY_CHAIN, "lone_leaf": LONE_LEAF,
-         "one_leaf_chain": ONE_LEAF_CHAIN, "flat": flat_tree(5),
+         "one_leaf_root": ONE_LEAF_ROOT, "one_leaf_chain": ONE_LEAF_CHAIN, "flat": flat_tree(5),
          "forest": forest(UNBALANCED, ONE_LEAF_ROOT, flat_tree(3), UNARY_CHAIN)}
 
 
@@ -48,6 +48,11 @@ def _chains(parent: list[int]) -> list[list[int]]:
     return chains
 
 
+def _split(chain_i: list[int], chain_j: list[int]) -> int:
+    """Depth at which two root-to-leaf chains of one tree part."""
+    return next(t for t, (a, b) in enumerate(zip(chain_i, chain_j)) if a != b)
+
+
 def brute_force_theta(query, key, parent, pos=None, include_self=False, causal=False) -> torch.Tensor:
     """``[H, N, N]``: each row of softmax attention projected in KL onto rows uniform within every block.
 
@@ -64,8 +69,7 @@ def brute_force_theta(query, key, parent, pos=None, include_self=False, causal=F
         for j, chain_j in enumerate(chains):
             if chain_j[0] != chain_i[0] or j == i or (causal and j > i):
                 continue
-            split = next(t for t, (a, b) in enumerate(zip(chain_i, chain_j)) if a != b)
-            blocks.setdefault(chain_j[split], []).append(j)
+            blocks.setdefault(chain_j[_split(chain_i, chain_j)], []).append(j)
         if include_self:
             blocks[-1 - i] = [i]
         entries = [logits.new_zeros(heads)] * n
@@ -105,7 +109,8 @@ def test_random_trees_match_brute_force(seed: int, include_self: bool, causal: b
     q, k, v, pos = make_inputs(parent, seed=seed, pos_dim=None if seed % 3 == 0 else 3)
     out = hsa(q, k, v, Hierarchy.from_parent(parent), pos=pos, include_self=include_self, tie="columns",
               causal=causal)
-    torch.testing.assert_close(out, brute_force(q, k, v, parent, pos, include_self, causal), atol=1e-12, rtol=1e-10)
+    expected = brute_force(q, k, v, parent, pos, include_self, causal)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize("include_self,causal", VARIANTS)
@@ -115,7 +120,8 @@ def test_fixed_trees_match_brute_force(name: str, include_self: bool, causal: bo
     q, k, v, pos = make_inputs(parent, heads=1, seed=3)
     out = hsa(q, k, v, Hierarchy.from_parent(parent), pos=pos, include_self=include_self, tie="columns",
               causal=causal)
-    torch.testing.assert_close(out, brute_force(q, k, v, parent, pos, include_self, causal), atol=1e-12, rtol=1e-10)
+    expected = brute_force(q, k, v, parent, pos, include_self, causal)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize("include_self,causal", VARIANTS)
@@ -142,8 +148,7 @@ def test_brute_force_is_the_kl_minimiser() -> None:
     softmax = torch.softmax(flat_logits(q, k, torch.tensor(parent), pos=pos, include_self=True)[0], -1)
     chains = _chains(parent)
     for i, chain_i in enumerate(chains):
-        labels = [chain_j[next(t for t, (a, b) in enumerate(zip(chain_i, chain_j)) if a != b)] if j != i else -1
-                  for j, chain_j in enumerate(chains)]
+        labels = [-1 if j == i else chain_j[_split(chain_i, chain_j)] for j, chain_j in enumerate(chains)]
         groups = sorted(set(labels))
         member = torch.tensor([[float(label == g) for label in labels] for g in groups], dtype=DOUBLE)
 
@@ -235,14 +240,16 @@ def test_one_head_inputs_and_window_tree_match_brute_force() -> None:
     parent = h.parent.tolist()
     q, k, v, _ = make_inputs(parent, heads=1, seed=4, pos_dim=None)
     out = hsa(q[:, 0], k[:, 0], v[:, 0], h, include_self=True, causal=True)
-    torch.testing.assert_close(out, brute_force(q, k, v, parent, None, True, True)[:, 0], atol=1e-12, rtol=1e-10)
+    expected = brute_force(q, k, v, parent, None, True, True)[:, 0]
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
 
 
 def test_chunks_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     import hgattn.column_tied as column_tied
 
     h = Hierarchy.from_windows(50, (3, 4))
-    q, k, v = (torch.randn(50, 2, 4, generator=torch.Generator().manual_seed(s), dtype=DOUBLE) for s in range(3))
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(50, 2, 4, generator=gen, dtype=DOUBLE) for _ in range(3))
     whole = hsa(q, k, v, h, tie="columns")
     monkeypatch.setattr(column_tied, "CHUNK_ELEMENTS", 1)
     torch.testing.assert_close(hsa(q, k, v, h, tie="columns"), whole, atol=1e-14, rtol=0)

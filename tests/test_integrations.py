@@ -127,8 +127,9 @@ def test_bad_arguments_raise(clean_minilm) -> None:
 
 
 def tiny_llama():
-    config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64)
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).eval()
 

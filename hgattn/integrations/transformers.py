@@ -1,7 +1,7 @@
 """Zero-shot HSA inside pretrained Hugging Face transformers (spec section 8, paper Table 3).
 
-:func:`inject_hsa` replaces softmax self-attention in chosen layers of a pretrained model by :func:`hgattn.hsa`,
-through transformers' ``AttentionInterface``: the model's attention implementation becomes
+:func:`inject_hsa` replaces softmax self-attention in chosen layers of a pretrained model by
+:func:`hgattn.hsa`, through transformers' ``AttentionInterface``: the model's attention implementation becomes
 :data:`ATTENTION_NAME`, whose function runs HSA in the chosen layers and the model's original attention in the
 others. The ``eager_mask`` builder is registered for the same name, so the function receives the padding
 (and causal) mask as a 4-D float mask. Each example gets its own tree over its real tokens (padding is
@@ -66,8 +66,9 @@ def attention_modules(model: nn.Module) -> dict[int, nn.Module]:
     return found
 
 
-def inject_hsa(model: nn.Module, layers: Iterable[int] | None = None, hierarchy: HierarchySpec = (2, 4, 8, 16), *,
-               include_self: bool = True, tie: str | None = None, causal: bool = False) -> nn.Module:
+def inject_hsa(model: nn.Module, layers: Iterable[int] | None = None,
+               hierarchy: HierarchySpec = (2, 4, 8, 16), *, include_self: bool = True, tie: str | None = None,
+               causal: bool = False) -> nn.Module:
     """Swap softmax self-attention for HSA in ``layers`` of a pretrained transformers ``model`` (in place).
 
     Args:
@@ -100,7 +101,8 @@ def inject_hsa(model: nn.Module, layers: Iterable[int] | None = None, hierarchy:
     previous = getattr(next(iter(modules.values())), _STATE, None)
     original = previous.original if previous is not None else model.config._attn_implementation
     register_attention()
-    settings = HSASettings(hierarchy if callable(hierarchy) else _branching(hierarchy), include_self, tie, causal)
+    tree = hierarchy if callable(hierarchy) else _branching(hierarchy)
+    settings = HSASettings(tree, include_self, tie, causal)
     for index, module in modules.items():
         setattr(module, _STATE, _LayerState(settings if index in chosen else None, original))
     model.set_attn_implementation(ATTENTION_NAME)
@@ -200,7 +202,7 @@ def _original_attention(module: nn.Module, name: str) -> Callable:
 
 
 def _real_tokens(attention_mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
-    """``[B, K]`` bool: the keys the last query may attend to (every real token, for encoders and decoders)."""
+    """``[B, K]`` bool: the keys the last query may attend to (every real token, encoders and decoders)."""
     if attention_mask is None:
         return torch.ones(batch, length, dtype=torch.bool, device=device)
     if attention_mask.dim() != 4:
@@ -210,8 +212,8 @@ def _real_tokens(attention_mask: Tensor | None, batch: int, length: int, device:
     return allowed.expand(batch, length)
 
 
-def _hsa_forward(settings: HSASettings, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
-                 scaling: float | None) -> Tensor:
+def _hsa_forward(settings: HSASettings, query: Tensor, key: Tensor, value: Tensor,
+                 attention_mask: Tensor | None, scaling: float | None) -> Tensor:
     batch, heads, length, _ = query.shape
     if key.size(2) != length:
         raise ValueError(f"HSA needs the whole sequence: {length} queries against {key.size(2)} keys "
@@ -238,8 +240,8 @@ def _forest(spec: HierarchySpec, counts: tuple[int, ...]) -> Hierarchy:
     for index, count in enumerate(counts):
         tree = spec(index, count)
         if not isinstance(tree, Hierarchy) or tree.num_leaves != count or tree.num_trees != 1:
-            raise ValueError(f"the hierarchy callable must return a one-tree Hierarchy with {count} leaves for "
-                             f"example {index}, got {tree!r}")
+            raise ValueError(f"the hierarchy callable must return a one-tree Hierarchy with {count} leaves "
+                             f"for example {index}, got {tree!r}")
         trees.append(tree.parent)
     return _concatenate(trees)
 
