@@ -73,17 +73,19 @@ def bench_cora(args: argparse.Namespace) -> dict:
     for child, _, parent in [et for et in tree.edge_types if et[1] == "in"][:-1]:
         cluster = tree[child, "in", parent].edge_index[1][cluster]
         cut = edge_cut(data.edge_index, cluster)
-        random_cuts = [edge_cut(data.edge_index, cluster[torch.randperm(cluster.numel(), generator=generator)])
-                       for _ in range(args.random_trials)]
+        shuffles = [torch.randperm(cluster.numel(), generator=generator) for _ in range(args.random_trials)]
+        random_cuts = [edge_cut(data.edge_index, cluster[order]) for order in shuffles]
         random_cut = sum(random_cuts) / len(random_cuts)
         levels[parent] = {"clusters": int(cluster.max()) + 1, "cut": cut, "random_cut": random_cut}
         print(f"  {parent:10s} {int(cluster.max()) + 1:4d} clusters: cut {cut:5d} ({cut / total:6.1%})   "
               f"random {random_cut:7.1f} ({random_cut / total:6.1%})")
-    return {"part": "cora", "method": args.method, "branching": args.branching, "edges": total, "levels": levels}
+    return {"part": "cora", "method": args.method, "branching": args.branching, "edges": total,
+            "levels": levels}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-nodes", type=int, default=1_000_000)
     parser.add_argument("--degree", type=float, default=10.0)
     parser.add_argument("--branching", type=int, default=16)

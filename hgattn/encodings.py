@@ -63,7 +63,8 @@ def grid_sinusoidal(row: Tensor, col: Tensor, dim: int, base: float = 10000.0) -
     if dim <= 0 or dim % 4:
         raise ValueError(f"grid_sinusoidal: dim must be a positive multiple of 4, got {dim}")
     if row.shape != col.shape:
-        raise ValueError(f"grid_sinusoidal: row and col shapes differ: {list(row.shape)} vs {list(col.shape)}")
+        raise ValueError(f"grid_sinusoidal: row and col shapes differ: {list(row.shape)} vs "
+                         f"{list(col.shape)}")
     return torch.cat([sinusoidal(row, dim // 2, base), sinusoidal(col, dim // 2, base)], dim=-1)
 
 
@@ -93,7 +94,8 @@ class FourierFeatures(nn.Module):
             raise ValueError(f"FourierFeatures: sigma must be > 0, got {sigma}")
         self.in_dim, self.out_dim, self.num_features, self.sigma = in_dim, out_dim, num_features, sigma
         self.freq = nn.Linear(in_dim, num_features // 2, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(num_features, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+        self.mlp = nn.Sequential(nn.Linear(num_features, hidden_dim), nn.GELU(),
+                                 nn.Linear(hidden_dim, out_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -106,7 +108,8 @@ class FourierFeatures(nn.Module):
         if position.dim() == 1:
             position = position[:, None]
         if position.dim() != 2 or position.size(1) != self.in_dim:
-            raise ValueError(f"FourierFeatures: expected positions [n, {self.in_dim}], got {list(position.shape)}")
+            raise ValueError(f"FourierFeatures: expected positions [n, {self.in_dim}], got "
+                             f"{list(position.shape)}")
         angle = self.freq(position.to(self.freq.weight.dtype))
         features = torch.cat([angle.cos(), angle.sin()], dim=-1) / math.sqrt(self.num_features)
         return self.mlp(features)
@@ -121,7 +124,8 @@ def canonical_sign(vectors: Tensor, tolerance: float = 1e-6) -> Tensor:
 
     ``vectors`` is ``[..., n, k]`` (columns are eigenvectors). Entries within ``tolerance`` of the largest
     magnitude count as tied and the first of them decides, so rounding noise does not pick the sign. A graph
-    with a symmetry can still leave the sign ambiguous (an eigenvector and its mirror image); no rule fixes that.
+    with a symmetry can still leave the sign ambiguous (an eigenvector and its mirror image); no rule fixes
+    that.
     """
     magnitude = vectors.abs()
     tied = magnitude >= magnitude.amax(dim=-2, keepdim=True) - tolerance
@@ -130,7 +134,8 @@ def canonical_sign(vectors: Tensor, tolerance: float = 1e-6) -> Tensor:
     return vectors * torch.where(sign == 0, torch.ones_like(sign), sign)
 
 
-def laplacian_eigenvectors(edge_index: Tensor, num_nodes: int, k: int, edge_weight: Tensor | None = None) -> Tensor:
+def laplacian_eigenvectors(edge_index: Tensor, num_nodes: int, k: int,
+                           edge_weight: Tensor | None = None) -> Tensor:
     """Laplacian eigenvector encoding of one undirected graph (as PyG's ``AddLaplacianEigenvectorPE``).
 
     The ``k`` eigenvectors of the symmetric normalised Laplacian ``I - D^-1/2 A D^-1/2`` with the smallest
@@ -150,7 +155,8 @@ def laplacian_eigenvectors(edge_index: Tensor, num_nodes: int, k: int, edge_weig
     """
     _check_graph(edge_index, num_nodes, k)
     if num_nodes <= DENSE_EIGEN_LIMIT:
-        return family_laplacian_eigenvectors(torch.zeros(num_nodes, dtype=torch.long), edge_index, k, edge_weight)
+        one_family = torch.zeros(num_nodes, dtype=torch.long)
+        return family_laplacian_eigenvectors(one_family, edge_index, k, edge_weight)
     src, dst, weight = _weighted_edges(edge_index, edge_weight)
     return _sparse_eigenvectors(src, dst, weight, num_nodes, k)
 
@@ -166,8 +172,8 @@ def family_laplacian_eigenvectors(family: Tensor, edge_index: Tensor, k: int,
         edge_weight: optional ``[E]`` non-negative weights (parallel edges add up).
 
     Returns:
-        ``[n, k]`` float tensor; a family of ``s`` connected nodes fills ``min(k, s - 1)`` columns, the rest are
-        zero.
+        ``[n, k]`` float tensor; a family of ``s`` connected nodes fills ``min(k, s - 1)`` columns, the rest
+        are zero.
     """
     num_nodes = family.numel()
     _check_graph(edge_index, num_nodes, k)
@@ -218,12 +224,13 @@ def _normalized_laplacian(adj: Tensor) -> tuple[Tensor, Tensor]:
 
 def _dense_eigenvectors(families: Tensor, family: Tensor, local: Tensor, size: int, src: Tensor, dst: Tensor,
                         weight: Tensor, k: int) -> Tensor:
-    """Eigenvectors of ``families`` (all of ``size`` nodes): ``[F * size, k]`` rows in (family, local) order."""
+    """Eigenvectors of ``families`` (all of ``size`` nodes): ``[F * size, k]`` by (family, local)."""
     slot = torch.full((int(family.max()) + 1,), -1, dtype=torch.long)
     slot[families] = torch.arange(families.numel())
     mine = slot[family[src]] >= 0
     adj = torch.zeros(families.numel(), size, size, dtype=torch.float64)
-    adj.index_put_((slot[family[src[mine]]], local[src[mine]], local[dst[mine]]), weight[mine], accumulate=True)
+    index = (slot[family[src[mine]]], local[src[mine]], local[dst[mine]])
+    adj.index_put_(index, weight[mine], accumulate=True)
     lap, isolated = _normalized_laplacian(adj)
     vectors = canonical_sign(torch.linalg.eigh(lap)[1][:, :, 1:k + 1])
     out = torch.zeros(families.numel(), size, k, dtype=torch.float32)

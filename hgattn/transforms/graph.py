@@ -41,9 +41,10 @@ class GraphHierarchy(BaseTransform):
       edges with their attributes; graph-level attributes stay on the top level;
     * ``'cluster1'`` (parents of nodes) .. ``'cluster{L-1}'`` and ``'root'`` (one node), tree edges
       ``(child, 'in', parent)``; the children of a cluster are numbered contiguously;
-    * ``pos`` ``[n_type, pe_dim]`` on every type: the Laplacian eigenvectors (:func:`family_laplacian_eigenvectors`)
-      of the graph among siblings: the induced subgraph for the nodes of one cluster, the cluster graph
-      (edge weight = number of edges between two clusters) for sibling clusters; zeros for the root.
+    * ``pos`` ``[n_type, pe_dim]`` on every type: the Laplacian eigenvectors
+      (:func:`~hgattn.encodings.family_laplacian_eigenvectors`) of the graph among siblings: the induced
+      subgraph for the nodes of one cluster, the cluster graph (edge weight = number of edges between two
+      clusters) for sibling clusters; zeros for the root. Nodes without an edge to a sibling get zeros.
 
     Args:
         branching: target number of children per inner node, >= 2.
@@ -58,8 +59,8 @@ class GraphHierarchy(BaseTransform):
             ``SPECTRAL_ITERATIONS`` times as many power iterations per bisection.
     """
 
-    def __init__(self, branching: int = 16, num_levels: int | None = None, pe_dim: int = 4, method: str = "auto",
-                 seed: int = 0, refine_iterations: int = 1) -> None:
+    def __init__(self, branching: int = 16, num_levels: int | None = None, pe_dim: int = 4,
+                 method: str = "auto", seed: int = 0, refine_iterations: int = 1) -> None:
         if branching < 2:
             raise ValueError(f"GraphHierarchy: branching must be >= 2, got {branching}")
         if num_levels is not None and num_levels < 1:
@@ -79,12 +80,12 @@ class GraphHierarchy(BaseTransform):
         num_nodes = _num_nodes(data)
         edge_index = _edge_index(data, num_nodes)
         graph = partition_graph(edge_index, num_nodes)
-        labels = partition_levels(graph, num_nodes, self.branching, self.num_levels, self._method(), self.seed,
-                                  self.refine_iterations)
+        labels, family_edges = partition_levels(graph, num_nodes, self.branching, self.num_levels,
+                                                self._method(), self.seed, self.refine_iterations)
         out = copy_graph(data, num_nodes)
         _add_tree(out, labels)
         if self.pe_dim:
-            _add_positions(out, graph, labels, self.pe_dim)
+            _add_positions(out, family_edges, labels, self.pe_dim)
         return out
 
     def _method(self) -> str:
@@ -141,8 +142,9 @@ def level_capacities(num_nodes: int, branching: int, num_levels: int | None) -> 
 
 
 def partition_levels(edge_index: Tensor, num_nodes: int, branching: int, num_levels: int | None = None,
-                     method: str = "metis", seed: int = 0, refine_iterations: int = 1) -> list[Tensor]:
-    """Cluster of every node at each cluster level, finest first.
+                     method: str = "metis", seed: int = 0,
+                     refine_iterations: int = 1) -> tuple[list[Tensor], list[Tensor]]:
+    """Cluster of every node at each cluster level, finest first, and the edges inside each level's families.
 
     Args:
         edge_index: ``[2, E]`` graph from :func:`partition_graph`.
@@ -151,21 +153,26 @@ def partition_levels(edge_index: Tensor, num_nodes: int, branching: int, num_lev
             (``method`` is ``'metis'`` or ``'spectral'``).
 
     Returns:
-        ``L - 1`` tensors ``[n]``: ``labels[0]`` is each node's ``cluster1``, ``labels[-1]`` its top cluster.
-        Clusters of one level are numbered ``0 .. C-1``, children of one parent contiguously.
+        ``labels``: ``L - 1`` tensors ``[n]``; ``labels[0]`` is each node's ``cluster1``, ``labels[-1]`` its
+        top cluster. Clusters of one level are numbered ``0 .. C-1``, children of one parent contiguously.
+        ``family_edges``: ``L`` tensors ``[2, E_j]``, the edges of ``edge_index`` that stay inside one cluster
+        of level ``j + 1`` (``j = 0``: inside a ``cluster1``; ``j = L - 1``: inside the root, all of them).
     """
     split = {"metis": _metis_parts, "spectral": _spectral_parts}[method]
     label, labels = torch.zeros(num_nodes, dtype=torch.long), []
+    edges, family_edges = edge_index, [edge_index]
     for capacity in level_capacities(num_nodes, branching, num_levels):
         parts = -(-torch.bincount(label) // capacity)
-        local = split(label, parts, edge_index, seed, refine_iterations)
+        local = split(label, parts, edges, seed, refine_iterations)
         label = torch.unique(label * (int(local.max()) + 1) + local, return_inverse=True)[1]
+        edges = edges[:, label[edges[0]] == label[edges[1]]]
         labels.append(label)
-    return labels[::-1]
+        family_edges.append(edges)
+    return labels[::-1], family_edges[::-1]
 
 
 def _cluster_csr(label: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Nodes sorted by cluster and the intra-cluster edges as one CSR over that order (local column ids).
+    """Nodes sorted by cluster and the edges (all inside clusters) as one CSR over that order (local columns).
 
     Returns ``order`` (node at each sorted position), ``start`` and ``size`` per cluster, ``ptr`` ``[n+1]``
     and ``col`` (each edge's target, as its index within the cluster).
@@ -176,9 +183,7 @@ def _cluster_csr(label: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor, Ten
     position[order] = torch.arange(num_nodes)
     size = torch.bincount(label)
     start = torch.cumsum(size, 0) - size
-    row, col = edge_index
-    keep = label[row] == label[col]
-    row, col = position[row[keep]], position[col[keep]] - start[label[col[keep]]]
+    row, col = position[edge_index[0]], position[edge_index[1]] - start[label[edge_index[1]]]
     perm = torch.argsort(row, stable=True)
     ptr = torch.zeros(num_nodes + 1, dtype=torch.long)
     ptr[1:] = torch.cumsum(torch.bincount(row, minlength=num_nodes), 0)
@@ -186,7 +191,10 @@ def _cluster_csr(label: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor, Ten
 
 
 def _metis_parts(label: Tensor, parts: Tensor, edge_index: Tensor, seed: int, iterations: int) -> Tensor:
-    """Split cluster ``c`` into ``parts[c]`` balanced parts with METIS; ``[n]`` part of each node."""
+    """Split cluster ``c`` into ``parts[c]`` balanced parts with METIS; ``[n]`` part of each node.
+
+    ``edge_index`` holds the edges inside the clusters only (both directions).
+    """
     import pymetis
 
     order, start, size, ptr, col = _cluster_csr(label, edge_index)
@@ -224,7 +232,8 @@ def _spectral_parts(label: Tensor, parts: Tensor, edge_index: Tensor, seed: int,
         cut = (size * left) // todo.clamp(min=1)
         right = (rank >= cut[segment]) & (todo[segment] > 1)
         segment = segment * 2 + right.long()
-        todo = torch.stack([torch.where(todo > 1, left, todo), torch.where(todo > 1, todo - left, 0)], 1).view(-1)
+        todo = torch.stack([torch.where(todo > 1, left, todo), torch.where(todo > 1, todo - left, 0)], 1)
+        todo = todo.view(-1)
     return torch.unique(segment, return_inverse=True)[1]
 
 
@@ -241,7 +250,7 @@ def _fiedler(segment: Tensor, edge_index: Tensor, active: Tensor, iterations: in
     num_nodes = segment.numel()
     degree = torch.bincount(row, minlength=num_nodes).double() + 1.0
     top = degree.sqrt()
-    top = top / torch.zeros(active.numel(), dtype=torch.float64).index_add_(0, segment, degree).sqrt()[segment]
+    top = top / _segment_dot(degree, torch.ones_like(degree), segment, active.numel()).sqrt()
     inv_sqrt = degree.rsqrt()
     x = torch.rand(num_nodes, generator=generator, dtype=torch.float64) - 0.5
     for _ in range(iterations):
@@ -284,11 +293,12 @@ def _add_tree(out: HeteroData, labels: list[Tensor]) -> None:
         out[names[level + 1]].num_nodes = count
         parent = torch.empty(int(below.max()) + 1, dtype=torch.long)
         parent[below] = above
-        out[names[level], "in", names[level + 1]].edge_index = torch.stack([torch.arange(parent.numel()), parent])
+        edge_index = torch.stack([torch.arange(parent.numel()), parent])
+        out[names[level], "in", names[level + 1]].edge_index = edge_index
         below = above
 
 
-def _add_positions(out: HeteroData, edge_index: Tensor, labels: list[Tensor], dim: int) -> None:
+def _add_positions(out: HeteroData, family_edges: list[Tensor], labels: list[Tensor], dim: int) -> None:
     """Laplacian eigenvectors of each family's graph as ``pos`` on every node type (zeros for the root).
 
     Edges between two sibling clusters count as parallel edges (their weight is the number of edges).
@@ -297,7 +307,7 @@ def _add_positions(out: HeteroData, edge_index: Tensor, labels: list[Tensor], di
     unit = torch.arange(out["node"].num_nodes)
     for level, name in enumerate(names):
         family = out[name, "in", names[level + 1] if level + 1 < len(names) else "root"].edge_index[1]
-        child_edges = unit[edge_index]
+        child_edges = unit[family_edges[level]]
         out[name].pos = family_laplacian_eigenvectors(family, child_edges, dim)
         if level < len(labels):
             unit = labels[level]

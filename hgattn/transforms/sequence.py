@@ -14,7 +14,7 @@ __all__ = ["SequenceHierarchy"]
 
 
 class SequenceHierarchy(BaseTransform):
-    r"""Groups a sequence bottom-up into windows: leaves by ``branching[0]``, those groups by ``branching[1]``...
+    r"""Groups a sequence bottom-up into windows: elements by ``branching[0]``, those by ``branching[1]``...
 
     The tree is the one :meth:`hgattn.Hierarchy.from_windows` builds: an int ``branching`` repeats until one
     node is left; after a tuple is used up, one root takes what remains; the last window of a level may be
@@ -35,16 +35,16 @@ class SequenceHierarchy(BaseTransform):
             and batch together.
     """
 
-    def __init__(self, branching: int | Sequence[int] = (2, 4, 8, 16), pe_dim: int = 8, leaf_type: str = "token",
-                 full_depth: bool = False) -> None:
+    def __init__(self, branching: int | Sequence[int] = (2, 4, 8, 16), pe_dim: int = 8,
+                 leaf_type: str = "token", full_depth: bool = False) -> None:
         widths = [branching] if isinstance(branching, int) else list(branching)
         if not widths or min(widths) < 2:
             raise ValueError(f"SequenceHierarchy: branching factors must be >= 2, got {branching}")
         if pe_dim < 0 or pe_dim % 2:
             raise ValueError(f"SequenceHierarchy: pe_dim must be a non-negative even number, got {pe_dim}")
         if full_depth and isinstance(branching, int):
-            raise ValueError("SequenceHierarchy: full_depth needs a tuple of branching factors (an int repeats "
-                             "until one node is left, so the depth grows with the length)")
+            raise ValueError("SequenceHierarchy: full_depth needs a tuple of branching factors (an int "
+                             "repeats until one node is left, so the depth grows with the length)")
         if leaf_type in ("root",) or leaf_type.startswith("level"):
             raise ValueError(f"SequenceHierarchy: leaf_type {leaf_type!r} clashes with the group type names")
         self.branching = branching if isinstance(branching, int) else tuple(widths)
