@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -42,10 +43,11 @@ def bench_random(args: argparse.Namespace) -> dict:
     print(f"random graph: {data.num_nodes:,} nodes, {data.num_edges:,} directed edges "
           f"(average degree {data.num_edges / data.num_nodes:.2f})", flush=True)
     transform = GraphHierarchy(args.branching, method=args.method, pe_dim=args.pe_dim, seed=args.seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     tree = transform(data)
-    seconds = time.perf_counter() - start
-    print(f"{transform}: {seconds:.1f} s")
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    print(f"{transform}: {seconds:.1f} s wall, {cpu_seconds:.1f} s CPU, {torch.get_num_threads()} threads; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     start = time.perf_counter()
     hierarchy = Hierarchy.from_hetero(tree)
     print(f"Hierarchy.from_hetero: {time.perf_counter() - start:.1f} s, {hierarchy}")
@@ -54,7 +56,8 @@ def bench_random(args: argparse.Namespace) -> dict:
         print(f"  {edge_type:22s} parents {row['parents']:>9,}  children min {row['min']:>3}  "
               f"mean {row['mean']:6.2f}  max {row['max']:>3}")
     return {"part": "random", "num_nodes": args.num_nodes, "degree": args.degree, "method": args.method,
-            "branching": args.branching, "seconds": round(seconds, 2), "stats": stats}
+            "branching": args.branching, "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2),
+            "stats": stats}
 
 
 def bench_cora(args: argparse.Namespace) -> dict:
