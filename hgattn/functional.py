@@ -113,16 +113,17 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
     h = hierarchy
 
-    e, theta = _FamilyAttention.apply(q, k, v, pos, h, scale)
     self_logit = _self_logits(q, k, pos, h, scale) if include_self else None
-    a, z = _upward_mass(e, self_logit, h)
-    out, log_reach = _downward(e, theta, a, z, v if include_self else None, h)
+    out, e = _HSAFunction.apply(q, k, v, pos, self_logit, h, scale)
     out = out.to(out_dtype)
     if one_head:
         out = out.squeeze(1)
     if not return_attention:
         return out
-    return out, _factored_attention(q, k, pos, a, z, log_reach, include_self, h, scale)
+    with torch.no_grad():
+        gates = _gates(e, None if self_logit is None else self_logit.detach(), h)
+        return out, _factored_attention(q.detach(), k.detach(), None if pos is None else pos.detach(), gates, h,
+                                        scale)
 
 
 def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: Tensor | None):
@@ -160,16 +161,21 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: 
     return query, key, value, pos, one_head
 
 
-def _inner_means(x: Tensor, h: Hierarchy) -> Tensor:
-    """``[K, H, d]`` mean of ``x`` over the leaves below each inner node (inner order), one scatter per level."""
-    base = x.new_zeros((h.num_inner + 1,) + x.shape[1:]).index_add(0, h.leaf_parent_inner, x)
+def _inner_sums(x: Tensor, h: Hierarchy) -> Tensor:
+    """``[K, H, d]`` sum of ``x`` ``[N, H, d]`` over the leaves below each inner node (inner order), one
+    scatter per level."""
+    base = x.new_zeros((h.num_inner + 1,) + x.shape[1:]).index_add_(0, h.leaf_parent_inner, x)
     sums = list(base[:h.num_inner].split(h.inner_level_sizes))
     for depth in range(h.num_levels - 2, -1, -1):
         below = sums[depth + 1]
         if below.numel():
-            sums[depth] = sums[depth].index_add(0, h.levels[depth + 1].inner_parent_local, below)
-    count = h.inner_leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
-    return torch.cat(sums) / count
+            sums[depth].index_add_(0, h.levels[depth + 1].inner_parent_local, below)
+    return base[:h.num_inner]
+
+
+def _inner_means(x: Tensor, h: Hierarchy) -> Tensor:
+    """``[K, H, d]`` mean of ``x`` over the leaves below each inner node (inner order)."""
+    return _inner_sums(x, h).div_(h.inner_leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1)))
 
 
 def _add_inner_means_grad(grad_in: Tensor, h: Hierarchy, grad_leaf: Tensor) -> None:
@@ -197,6 +203,43 @@ def _self_logits(q: Tensor, k: Tensor, pos: Tensor | None, h: Hierarchy, scale: 
     return logit
 
 
+@dataclass
+class _Gates:
+    """How the family summaries and the values combine into the outputs (all in log space but ``gain``).
+
+    Attributes:
+        gain: ``[T, H]`` (level order) weight of ``theta(B)`` in the output of every leaf below ``B``,
+            ``exp(u(B) + e(B) - z(B))``.
+        keep: ``[N, H]`` (leaf order) weight of ``v_i`` in ``out_i``, or None without the self term.
+        a, z, reach: per level ``[n_level, H]``: self mass, partition, and ``u = log prod mu`` above each node.
+    """
+
+    gain: Tensor
+    keep: Tensor | None
+    a: list[Tensor]
+    z: list[Tensor]
+    reach: list[Tensor]
+
+
+def _gates(e: Tensor, self_logit: Tensor | None, h: Hierarchy) -> _Gates:
+    """Steps 3 and 4 of the DP on scalars per head: upward masses by level, then downward reach."""
+    a, z = _upward_mass(e, self_logit, h)
+    gains, keeps, reach = [], [], []
+    u = e.new_zeros(h.level_sizes[0], e.size(1))
+    for depth, (level, e_level) in enumerate(zip(h.levels, e.split(h.level_sizes))):
+        if depth:
+            u = (u + a[depth - 1] - z[depth - 1])[level.parent_local]
+        reach.append(u)
+        gains.append(torch.exp(u + e_level - z[depth]))
+        if self_logit is not None and level.leaf_local.numel():
+            keeps.append(torch.exp(u + a[depth] - z[depth])[level.leaf_local])
+    keep = None
+    if self_logit is not None:
+        keep = torch.cat(keeps)
+        keep = keep if h.leaf_gather is None else keep[h.leaf_gather]
+    return _Gates(torch.cat(gains), keep, a, z, reach)
+
+
 def _upward_mass(e: Tensor, self_logit: Tensor | None, h: Hierarchy) -> tuple[list[Tensor], list[Tensor]]:
     """Per level ``a`` (self mass) and ``z`` (partition), ``[n_level, H]`` each, indexed by depth."""
     a_levels, z_levels = [None] * h.num_levels, [None] * h.num_levels
@@ -213,43 +256,41 @@ def _upward_mass(e: Tensor, self_logit: Tensor | None, h: Hierarchy) -> tuple[li
     return a_levels, z_levels
 
 
-def _downward(e: Tensor, theta: Tensor, a: list[Tensor], z: list[Tensor], v: Tensor | None,
-              h: Hierarchy) -> tuple[Tensor, list[Tensor]]:
-    """Outputs ``[N, H, d]`` from the gates, one gather per level; also ``log prod mu`` above each node."""
-    outs, reach, y = [], [], None
-    u = e.new_zeros(h.levels[0].stop, e.size(1))
-    for depth, (level, e_level, theta_level) in enumerate(zip(h.levels, e.split(h.level_sizes),
-                                                               theta.split(h.level_sizes))):
-        if depth:
-            up = level.parent_local
-            u = (u + a[depth - 1] - z[depth - 1])[up]
-        reach.append(u)
-        gain = torch.exp(u + e_level - z[depth]).unsqueeze(-1)
-        y = gain * theta_level if y is None else y[level.parent_local].addcmul_(gain, theta_level)
-        if level.leaf_local.numel():
-            leaf_y = y if level.leaf_local.numel() == y.size(0) else y[level.leaf_local]
-            if v is not None:
-                keep = torch.exp(u + a[depth] - z[depth])[level.leaf_local].unsqueeze(-1)
-                leaf_y = leaf_y + keep * v[level.leaf_row]
-            outs.append(leaf_y)
-    out = outs[0] if len(outs) == 1 else torch.cat(outs)
-    return (out if h.leaf_gather is None else out[h.leaf_gather]), reach
+def _push_down(y: Tensor, h: Hierarchy) -> None:
+    """In place on level-ordered ``[T, H, d]``: every node adds its parent's (already final) row, so that
+    each node ends with the sum over its path from the root. Leaf-sized levels go in chunks of rows."""
+    levels = y.split(h.level_sizes)
+    for depth in range(1, h.num_levels):
+        parent_local, above, rows = h.levels[depth].parent_local, levels[depth - 1], levels[depth]
+        for start in range(0, rows.size(0), LEAF_CHUNK):
+            stop = min(start + LEAF_CHUNK, rows.size(0))
+            rows[start:stop] += above.index_select(0, parent_local[start:stop])
 
 
-def _factored_attention(q, k, pos, a, z, reach, include_self, h: Hierarchy, scale: float) -> HSAAttention:
+def _leaf_rows(y: Tensor, h: Hierarchy) -> Tensor:
+    """Leaf rows ``[N, ...]`` (leaf order) of level-ordered ``[T, ...]``: a view when leaves come last."""
+    return y[-h.num_leaves:] if h.leaves_last else y.index_select(0, h.leaf_slot)
+
+
+def _rowwise_dot(x: Tensor, y: Tensor) -> Tensor:
+    """``[N, H]`` dot products over the last dim of ``[N, H, d]`` tensors, in chunks of rows."""
+    out = x.new_empty(x.shape[:-1])
+    for start in range(0, x.size(0), LEAF_CHUNK):
+        torch.sum(x[start:start + LEAF_CHUNK] * y[start:start + LEAF_CHUNK], dim=-1,
+                  out=out[start:start + LEAF_CHUNK])
+    return out
+
+
+def _factored_attention(q, k, pos, gates: _Gates, h: Hierarchy, scale: float) -> HSAAttention:
     q_in, k_in = _inner_means(q, h), _inner_means(k, h)
     b, s = h.sibling_index
     logit = (_node_rows(b, q, q_in, h) * _node_rows(s, k, k_in, h)).sum(-1) * scale
     if pos is not None:
         logit = logit + (pos[b] * pos[s]).sum(-1)
-    u, z_all = torch.cat(reach), torch.cat(z)
+    u, z_all = torch.cat(gates.reach), torch.cat(gates.z)
     slot_b = h.node_slot[b]
     weight = torch.exp(u[slot_b] + logit - z_all[slot_b])
-    slot_leaf = h.node_slot[h.leaf_node]
-    if include_self:
-        self_weight = torch.exp(u[slot_leaf] + torch.cat(a)[slot_leaf] - z_all[slot_leaf])
-    else:
-        self_weight = q.new_zeros(h.num_leaves, q.size(1))
+    self_weight = gates.keep if gates.keep is not None else q.new_zeros(h.num_leaves, q.size(1))
     return HSAAttention(h.sibling_index, weight, self_weight, h)
 
 
@@ -330,46 +371,84 @@ class _BlockInputs:
         self.weight = logit.div_(total)
 
 
-class _FamilyAttention(torch.autograd.Function):
-    """Sibling mass ``e`` ``[T, H]`` and summary ``theta`` ``[T, H, d]`` of every node, in level order.
+class _HSAFunction(torch.autograd.Function):
+    """The whole DP as one autograd node: outputs ``[N, H, d]`` and the sibling masses ``e`` ``[T, H]``.
 
-    Computes the inner nodes' means itself, so their gradients go straight into the leaf gradients. Nodes
-    without siblings get ``e = NEG`` and ``theta = 0``. The backward pass recomputes each block.
+    Forward: family attention block by block into a level-ordered buffer ``y`` that holds ``theta``, is scaled
+    in place by the gates and pushed down the tree, and whose leaf rows are the output. Backward: recompute the
+    blocks twice, first for the gates' gradients (``<G(B), theta(B)>`` with ``G(B)`` the output gradient summed
+    over the leaves below ``B``), then for the block gradients. No leaf-sized temporary besides the gradients.
+    ``e`` is not differentiable (it feeds the factored attention only).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, pos, hierarchy, scale):
-        heads, dim = v.shape[1:]
-        q_in, k_in, v_in = (_inner_means(x, hierarchy) for x in (q, k, v))
-        e = q.new_full((hierarchy.num_nodes, heads), NEG)
-        theta = q.new_zeros(hierarchy.num_nodes, heads, dim)
-        for block in hierarchy.blocks:
-            inputs = _BlockInputs(block, q, k, v, q_in, k_in, v_in, pos, scale)
+    def forward(ctx, q, k, v, pos, self_logit, hierarchy, scale):
+        h = hierarchy
+        means = [_inner_means(x, h) for x in (q, k, v)]
+        e = q.new_full((h.num_nodes, q.size(1)), NEG)
+        y = q.new_zeros(h.num_nodes, *v.shape[1:])
+        for block in h.blocks:
+            inputs = _BlockInputs(block, q, k, v, *means, pos, scale)
             _write_rows(block.rows, inputs.lse, e)
-            _write_rows(block.rows, torch.matmul(inputs.weight, inputs.v), theta)
-        ctx.save_for_backward(q, k, v, q_in, k_in, v_in, pos)
-        ctx.hierarchy, ctx.scale = hierarchy, scale
-        return e, theta
+            _write_rows(block.rows, torch.matmul(inputs.weight, inputs.v), y)
+        gates = _gates(e, self_logit, h)
+        y.mul_(gates.gain.unsqueeze(-1))
+        _push_down(y, h)
+        out = _leaf_rows(y, h)
+        if gates.keep is not None:
+            out.addcmul_(gates.keep.unsqueeze(-1), v)
+        ctx.save_for_backward(q, k, v, *means, pos, self_logit, e, gates.gain, gates.keep)
+        ctx.hierarchy, ctx.scale = h, scale
+        ctx.mark_non_differentiable(e)
+        return out, e
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_e, grad_theta):
-        q, k, v, q_in, k_in, v_in, pos = ctx.saved_tensors
+    def backward(ctx, grad_out, _grad_e):
+        q, k, v, q_in, k_in, v_in, pos, self_logit, e, gain, keep = ctx.saved_tensors
+        h, scale = ctx.hierarchy, ctx.scale
+        grad_out = grad_out.contiguous()
+        grad_in = _inner_sums(grad_out, h)
+        operands = (q, k, v, q_in, k_in, v_in, pos, scale)
+        grad_gain = torch.zeros_like(e)
+        for block in h.blocks:
+            inputs = _BlockInputs(block, *operands)
+            theta = torch.matmul(inputs.weight, inputs.v)
+            g_rows = _gather(block.rows, grad_out, grad_in, block.families)
+            _write_rows(block.rows, (theta * g_rows).sum(-1), grad_gain)
+        grad_e, grad_self = _gates_backward(e, self_logit, h, grad_gain, grad_out, v, keep)
         grads = [torch.zeros_like(x) for x in (q, k, v, q_in, k_in, v_in)]
         grad_pos = torch.zeros_like(pos) if pos is not None else None
-        for block in ctx.hierarchy.blocks:
-            inputs = _BlockInputs(block, q, k, v, q_in, k_in, v_in, pos, ctx.scale)
-            _block_backward(block, inputs, grad_e, grad_theta, grads, grad_pos, ctx.scale)
-        for grad_leaf, grad_in in zip(grads[:3], grads[3:]):
-            _add_inner_means_grad(grad_in, ctx.hierarchy, grad_leaf)
-        return (*grads[:3], grad_pos, None, None)
+        for block in h.blocks:
+            _block_backward(block, _BlockInputs(block, *operands), grad_e, grad_out, grad_in, gain, grads,
+                            grad_pos, scale)
+        if keep is not None:
+            grads[2].addcmul_(keep.unsqueeze(-1), grad_out)
+        for grad_leaf, grad_mean in zip(grads[:3], grads[3:]):
+            _add_inner_means_grad(grad_mean, h, grad_leaf)
+        return (*grads[:3], grad_pos, grad_self, None, None)
 
 
-def _block_backward(block: FamilyBlock, inputs: _BlockInputs, grad_e: Tensor, grad_theta: Tensor,
-                    grads: list[Tensor], grad_pos: Tensor | None, scale: float) -> None:
+def _gates_backward(e: Tensor, self_logit: Tensor | None, h: Hierarchy, grad_gain: Tensor, grad_out: Tensor,
+                    v: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Gradients of ``e`` and of the self logits through the gates (small tensors: autograd does it)."""
+    outputs_grad = [grad_gain] if keep is None else [grad_gain, _rowwise_dot(grad_out, v.detach())]
+    with torch.enable_grad():
+        e = e.detach().requires_grad_()
+        self_var = None if self_logit is None else self_logit.detach().requires_grad_()
+        gates = _gates(e, self_var, h)
+        inputs = [e] if self_var is None else [e, self_var]
+        outputs = [gates.gain] if keep is None else [gates.gain, gates.keep]
+        result = torch.autograd.grad(outputs, inputs, outputs_grad)
+    return result[0], (result[1] if self_logit is not None else None)
+
+
+def _block_backward(block: FamilyBlock, inputs: _BlockInputs, grad_e: Tensor, grad_out: Tensor,
+                    grad_in: Tensor, gain: Tensor, grads: list[Tensor], grad_pos: Tensor | None,
+                    scale: float) -> None:
     rows, cols, fam = block.rows, block.cols, block.families
     g_e = _read_rows(rows, grad_e, fam).unsqueeze(-1)
-    g_theta = _read_rows(rows, grad_theta, fam)
+    g_theta = _gather(rows, grad_out, grad_in, fam) * _read_rows(rows, gain, fam).unsqueeze(-1)
     w = inputs.weight
     g_logit = torch.matmul(g_theta, inputs.v.transpose(-1, -2))
     g_logit.sub_((g_logit * w).sum(-1, keepdim=True) - g_e).mul_(w)
