@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
-from torch_geometric.utils import to_undirected
+from torch_geometric.utils import remove_self_loops, to_undirected
 
 import hgattn
 from hgattn import Hierarchy
 from hgattn.encodings import laplacian_eigenvectors, sinusoidal
 from hgattn.transforms import GraphHierarchy, SequenceHierarchy
 from hgattn.transforms import graph as graph_module
-from hgattn.transforms.graph import branching_statistics, edge_cut
+from hgattn.transforms.graph import branching_statistics, edge_cut, partition_graph
 
 CORA_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "planetoid" / "Cora" / "raw"
 
@@ -222,6 +222,14 @@ def test_input_pos_is_kept_under_another_name():
     data = random_graph(30, 60, pos=torch.randn(30, 3))
     out = GraphHierarchy(4, method="spectral")(data)
     assert torch.equal(out["node"].input_pos, data.pos) and out["node"].pos.shape == (30, 4)
+
+
+def test_partition_graph_matches_pyg_to_undirected():
+    g = torch.Generator().manual_seed(2)
+    edge_index = torch.randint(0, 50, (2, 300), generator=g)
+    expected = to_undirected(remove_self_loops(edge_index)[0], num_nodes=50)
+    assert torch.equal(partition_graph(edge_index, 50), expected)
+    assert partition_graph(torch.zeros(2, 0, dtype=torch.long), 4).shape == (2, 0)
 
 
 def test_graph_errors():

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.transforms import BaseTransform
-from torch_geometric.utils import remove_self_loops, to_undirected
+from torch_geometric.utils import remove_self_loops
 
 from ..encodings import family_laplacian_eigenvectors
 
@@ -126,9 +126,14 @@ def _edge_index(data: Data, num_nodes: int) -> Tensor:
 
 
 def partition_graph(edge_index: Tensor, num_nodes: int) -> Tensor:
-    """The graph the partitioner sees: ``[2, E']`` undirected, coalesced, sorted by source, no self-loops."""
-    edge_index = remove_self_loops(edge_index)[0]
-    return to_undirected(edge_index, num_nodes=num_nodes)
+    """The graph the partitioner sees: ``[2, E']`` undirected, coalesced, sorted by source, no self-loops.
+
+    Same result as PyG's ``to_undirected`` after ``remove_self_loops``, with one sort of ``row * n + col`` keys
+    (half the time and memory).
+    """
+    row, col = remove_self_loops(edge_index)[0]
+    key = torch.unique(torch.cat([row * num_nodes + col, col * num_nodes + row]))
+    return torch.stack([key // num_nodes, key % num_nodes])
 
 
 # ---------------------------------------------------------------------- partitioning
