@@ -45,7 +45,7 @@ class SequenceHierarchy(BaseTransform):
         if full_depth and isinstance(branching, int):
             raise ValueError("SequenceHierarchy: full_depth needs a tuple of branching factors (an int "
                              "repeats until one node is left, so the depth grows with the length)")
-        if leaf_type in ("root",) or leaf_type.startswith("level"):
+        if leaf_type == "root" or leaf_type.startswith("level"):
             raise ValueError(f"SequenceHierarchy: leaf_type {leaf_type!r} clashes with the group type names")
         self.branching = branching if isinstance(branching, int) else tuple(widths)
         self.pe_dim, self.leaf_type, self.full_depth = pe_dim, leaf_type, full_depth
@@ -80,9 +80,10 @@ class SequenceHierarchy(BaseTransform):
             return widths + [size]
         sizes, size = [], length
         while size > 1 or not sizes:
-            level = len(sizes)
-            width = widths[min(level, len(widths) - 1)] if level < len(widths) or isinstance(
-                self.branching, int) else size
+            if len(sizes) < len(widths):
+                width = widths[len(sizes)]
+            else:
+                width = self.branching if isinstance(self.branching, int) else size
             sizes.append(width)
             size = -(-size // width)
         return sizes
