@@ -21,7 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from .hierarchy import NEG, FamilyBlock, GatherSpec, Hierarchy
 
-__all__ = ["hsa", "HSAAttention"]
+__all__ = ["hsa", "hsa_attention", "HSAAttention"]
 
 #: Leaf rows per step when gradients of inner means flow back to the leaves (bounds the temporary).
 LEAF_CHUNK = 1 << 15
@@ -120,10 +120,23 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
         out = out.squeeze(1)
     if not return_attention:
         return out
-    with torch.no_grad():
-        gates = _gates(e, None if self_logit is None else self_logit.detach(), h)
-        return out, _factored_attention(q.detach(), k.detach(), None if pos is None else pos.detach(), gates, h,
-                                        scale)
+    return out, _attention(q, k, pos, self_logit, h, scale)
+
+
+def hsa_attention(query: Tensor, key: Tensor, hierarchy: Hierarchy, *, pos: Tensor | None = None,
+                  include_self: bool = False, scale: float | None = None) -> HSAAttention:
+    """HSA's attention matrix in factored form (:class:`HSAAttention`), differentiable in ``query``, ``key``
+    and ``pos``, with plain autograd ops over the sibling pairs: time and memory ``O(P H d + T H d)``.
+
+    Arguments as :func:`hsa`; the same weights as ``hsa(..., return_attention=True)``.
+    """
+    q, k, _, pos, _ = _check_inputs(query, key, key, hierarchy, pos)
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k = q.to(dtype), k.to(dtype)
+    pos = pos.to(dtype) if pos is not None else None
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
+    self_logit = _self_logits(q, k, pos, hierarchy, scale) if include_self else None
+    return _attention(q, k, pos, self_logit, hierarchy, scale)
 
 
 def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: Tensor | None):
@@ -164,18 +177,18 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: 
 def _inner_sums(x: Tensor, h: Hierarchy) -> Tensor:
     """``[K, H, d]`` sum of ``x`` ``[N, H, d]`` over the leaves below each inner node (inner order), one
     scatter per level."""
-    base = x.new_zeros((h.num_inner + 1,) + x.shape[1:]).index_add_(0, h.leaf_parent_inner, x)
+    base = x.new_zeros((h.num_inner + 1,) + x.shape[1:]).index_add(0, h.leaf_parent_inner, x)
     sums = list(base[:h.num_inner].split(h.inner_level_sizes))
     for depth in range(h.num_levels - 2, -1, -1):
         below = sums[depth + 1]
         if below.numel():
-            sums[depth].index_add_(0, h.levels[depth + 1].inner_parent_local, below)
-    return base[:h.num_inner]
+            sums[depth] = sums[depth].index_add(0, h.levels[depth + 1].inner_parent_local, below)
+    return torch.cat(sums)
 
 
 def _inner_means(x: Tensor, h: Hierarchy) -> Tensor:
     """``[K, H, d]`` mean of ``x`` over the leaves below each inner node (inner order)."""
-    return _inner_sums(x, h).div_(h.inner_leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1)))
+    return _inner_sums(x, h) / h.inner_leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
 
 
 def _add_inner_means_grad(grad_in: Tensor, h: Hierarchy, grad_leaf: Tensor) -> None:
@@ -281,17 +294,28 @@ def _rowwise_dot(x: Tensor, y: Tensor) -> Tensor:
     return out
 
 
-def _factored_attention(q, k, pos, gates: _Gates, h: Hierarchy, scale: float) -> HSAAttention:
-    q_in, k_in = _inner_means(q, h), _inner_means(k, h)
+def _attention(q: Tensor, k: Tensor, pos: Tensor | None, self_logit: Tensor | None, h: Hierarchy,
+               scale: float) -> HSAAttention:
+    """Factored attention from sibling-pair logits: grouped logsumexp gives ``e``, the gates give the rest."""
     b, s = h.sibling_index
-    logit = (_node_rows(b, q, q_in, h) * _node_rows(s, k, k_in, h)).sum(-1) * scale
+    logit = (_node_rows(b, q, _inner_means(q, h), h) * _node_rows(s, k, _inner_means(k, h), h)).sum(-1) * scale
     if pos is not None:
         logit = logit + (pos[b] * pos[s]).sum(-1)
-    u, z_all = torch.cat(gates.reach), torch.cat(gates.z)
     slot_b = h.node_slot[b]
-    weight = torch.exp(u[slot_b] + logit - z_all[slot_b])
+    e = _grouped_logsumexp(logit + h.leaf_count[s].to(logit.dtype).log()[:, None], slot_b, h.num_nodes)
+    gates = _gates(e, self_logit, h)
+    u, z = torch.cat(gates.reach), torch.cat(gates.z)
+    weight = torch.exp(u[slot_b] + logit - z[slot_b])
     self_weight = gates.keep if gates.keep is not None else q.new_zeros(h.num_leaves, q.size(1))
     return HSAAttention(h.sibling_index, weight, self_weight, h)
+
+
+def _grouped_logsumexp(x: Tensor, index: Tensor, size: int) -> Tensor:
+    """``[size, H]`` logsumexp of the rows of ``x`` ``[P, H]`` grouped by ``index``; ``NEG`` for empty groups."""
+    expanded = index[:, None].expand_as(x)
+    top = x.new_full((size, x.size(1)), NEG).scatter_reduce(0, expanded, x.detach(), "amax")
+    total = x.new_zeros(size, x.size(1)).scatter_add(0, expanded, torch.exp(x - top[index]))
+    return torch.where(total > 0, top + total.clamp(min=torch.finfo(x.dtype).tiny).log(), NEG)
 
 
 def _node_rows(nodes: Tensor, leaf_x: Tensor, inner_x: Tensor, h: Hierarchy) -> Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hgattn import Hierarchy, hsa
+from hgattn import Hierarchy, hsa, hsa_attention
 from hgattn.reference import attention_matrix, hsa_reference
 from trees import (LONE_LEAF, ONE_LEAF_CHAIN, ONE_LEAF_ROOT, UNARY_CHAIN, UNBALANCED, flat_tree, forest,
                    random_forest, random_tree)
@@ -140,6 +140,20 @@ def test_factored_attention_is_theta(name: str, include_self: bool) -> None:
     no_target = rows.abs() < 1e-12
     torch.testing.assert_close(rows[~no_target], torch.ones_like(rows[~no_target]))
     assert attention.sibling_weight.shape == (h.sibling_index.size(1), 2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_attention_weights_are_differentiable_like_the_reference(seed: int) -> None:
+    parent = random_case(seed)
+    include_self = bool(seed % 2)
+    q, k, _, pos = make_inputs(parent, seed=seed, requires_grad=True)
+    attention = hsa_attention(q, k, Hierarchy.from_parent(parent), pos=pos, include_self=include_self)
+    theta = attention.to_dense()
+    ref = attention_matrix(q, k, parent, pos=pos, include_self=include_self)
+    torch.testing.assert_close(theta, ref, rtol=0, atol=1e-12)
+    upstream = torch.randn(theta.shape, dtype=DOUBLE, generator=torch.Generator().manual_seed(seed))
+    for g, r in zip(gradients(theta, [q, k, pos], upstream), gradients(ref, [q, k, pos], upstream)):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
 
 
 def test_row_sums_on_random_forests() -> None:
