@@ -1,15 +1,12 @@
 """The operator on CUDA against the float64 reference (skipped without a GPU; marker ``gpu``)."""
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 from hgattn import Hierarchy, hsa
 from hgattn.reference import hsa_reference
-from test_hsa import FIXED, DOUBLE, gradients, make_inputs, random_case
-from trees import random_forest
+from test_hsa import DOUBLE, FIXED, check_low_precision, gradients, make_inputs, random_case
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CUDA = torch.device("cuda")
@@ -46,16 +43,7 @@ def test_hierarchy_built_on_cuda_equals_cpu(name: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("include_self", [False, True])
 def test_low_precision_on_cuda_within_twice_naive(dtype: torch.dtype, include_self: bool) -> None:
-    parent = random_forest(random.Random(3), [30, 12], max_children=6, chain_prob=0.2)
-    q, k, v, pos = make_inputs(parent, heads=2, dim=16, seed=5)
-    exact = hsa_reference(q, k, v, parent, pos=pos, include_self=include_self)
-    low = [x.to(dtype) for x in (q, k, v, pos)]
-    out = hsa(*[x.to(CUDA) for x in low[:3]], Hierarchy.from_parent(parent).to(CUDA), pos=low[3].to(CUDA),
-              include_self=include_self)
-    naive = hsa_reference(*low[:3], parent, pos=low[3], include_self=include_self, dtype=dtype)
-    assert out.dtype == dtype and out.device.type == "cuda"
-    error = (out.cpu().double() - exact).abs().max()
-    assert error <= 2 * (naive.double() - exact).abs().max()
+    check_low_precision(dtype, include_self, CUDA)
 
 
 @pytest.mark.parametrize("tree", ["balanced", "random"])

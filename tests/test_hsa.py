@@ -199,14 +199,20 @@ def test_forest_equals_trees_run_separately() -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("include_self", [False, True])
 def test_low_precision_error_within_twice_naive(dtype: torch.dtype, include_self: bool) -> None:
+    check_low_precision(dtype, include_self, torch.device("cpu"))
+
+
+def check_low_precision(dtype: torch.dtype, include_self: bool, device: torch.device) -> None:
+    """HSA's error against float64 in ``dtype`` on ``device`` is within 2x the naive dense one's."""
     parent = random_forest(random.Random(3), [30, 12], max_children=6, chain_prob=0.2)
     q, k, v, pos = make_inputs(parent, heads=2, dim=16, seed=5)
     exact = hsa_reference(q, k, v, parent, pos=pos, include_self=include_self)
     low = [x.to(dtype) for x in (q, k, v, pos)]
-    out = hsa(*low[:3], Hierarchy.from_parent(parent), pos=low[3], include_self=include_self)
+    out = hsa(*[x.to(device) for x in low[:3]], Hierarchy.from_parent(parent).to(device), pos=low[3].to(device),
+              include_self=include_self)
     naive = hsa_reference(*low[:3], parent, pos=low[3], include_self=include_self, dtype=dtype)
-    assert out.dtype == dtype
-    error = (out.double() - exact).abs().max()
+    assert out.dtype == dtype and out.device.type == device.type
+    error = (out.cpu().double() - exact).abs().max()
     naive_error = (naive.double() - exact).abs().max()
     assert error <= 2 * naive_error, (error, naive_error)
 
