@@ -315,3 +315,23 @@ def test_sequence_errors_and_repr():
         SequenceHierarchy(leaf_type="root")
     assert repr(SequenceHierarchy((2, 4), pe_dim=4)) == (
         "SequenceHierarchy(branching=(2, 4), pe_dim=4, leaf_type='token', full_depth=False)")
+
+
+# ---------------------------------------------------------------------- benchmark script
+def test_benchmark_script_runs_small(cora, capsys):
+    import argparse
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_graph_hierarchy.py"
+    spec = importlib.util.spec_from_file_location("bench_graph_hierarchy", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(num_nodes=3000, degree=10.0, branching=16, method="spectral", pe_dim=2, seed=0,
+                              random_trials=2, cora_raw=CORA_RAW)
+    random_row = bench.bench_random(args)
+    assert random_row["stats"]["cluster2->root"]["max"] == 12
+    assert random_row["stats"]["node->cluster1"] == {"parents": 12 * 16, "min": 15, "mean": 3000 / 192, "max": 16}
+    cora_row = bench.bench_cora(args)
+    assert cora_row["edges"] == 5278
+    assert all(level["cut"] < level["random_cut"] for level in cora_row["levels"].values())
+    assert "node->cluster1" in capsys.readouterr().out
