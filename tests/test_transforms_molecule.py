@@ -69,6 +69,17 @@ def test_batching_and_determinism():
     assert torch.equal(hierarchy.batch, batch["atom"].batch)
 
 
+def test_build_many_equals_one_by_one():
+    builder = MoleculeHierarchy()
+    graphs = [smiles_to_graph(s) for s in (ASPIRIN, "C", "c1ccc2ccccc2c1", "C12C3C4C1C5C2C3C45", "CCO")]
+    together = builder.build_many(graphs)
+    for graph, tree in zip(graphs, together):
+        alone = builder(graph)
+        for node_type in ("atom", "clique", "molecule"):
+            assert torch.allclose(tree[node_type].pos, alone[node_type].pos, atol=1e-6)
+        assert torch.equal(tree["atom", "in", "clique"].edge_index, alone["atom", "in", "clique"].edge_index)
+
+
 def test_errors():
     builder = MoleculeHierarchy()
     with pytest.raises(ValueError, match="rdkit cannot parse the SMILES 'C1CC\\('"):

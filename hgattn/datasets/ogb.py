@@ -22,6 +22,8 @@ from torch_geometric.utils import index_to_mask
 __all__ = ["OGBMoleculeDataset", "OGBNodeDataset", "ogb_compat", "copy_ogb_folder"]
 
 OGB_INSTALL = "pip install ogb>=1.3.6"
+#: Molecules per batched MoleculeHierarchy call while processing.
+MOLECULE_CHUNK = 2048
 
 
 @contextmanager
@@ -121,7 +123,11 @@ class OGBMoleculeDataset(InMemoryDataset):
 
         builder = MoleculeHierarchy(pos_dim=self.pos_dim)
         count = len(self.ogb) if self.limit is None else min(self.limit, len(self.ogb))
-        self.save([builder(self.ogb[i]) for i in range(count)], self.processed_paths[0])
+        trees = []
+        for start in range(0, count, MOLECULE_CHUNK):
+            graphs = [self.ogb[i] for i in range(start, min(start + MOLECULE_CHUNK, count))]
+            trees.extend(builder.build_many(graphs))
+        self.save(trees, self.processed_paths[0])
 
     @property
     def num_tasks(self) -> int:
