@@ -155,15 +155,17 @@ def laplacian_eigenvectors(edge_index: Tensor, num_nodes: int, k: int,
     """
     _check_graph(edge_index, num_nodes, k)
     if num_nodes <= DENSE_EIGEN_LIMIT:
-        one_family = torch.zeros(num_nodes, dtype=torch.long)
+        one_family = torch.zeros(num_nodes, dtype=torch.long, device=edge_index.device)
         return family_laplacian_eigenvectors(one_family, edge_index, k, edge_weight)
-    src, dst, weight = _weighted_edges(edge_index, edge_weight)
-    return _sparse_eigenvectors(src, dst, weight, num_nodes, k)
+    src, dst, weight = _weighted_edges(edge_index.cpu(), None if edge_weight is None else edge_weight.cpu())
+    return _sparse_eigenvectors(src, dst, weight, num_nodes, k).to(edge_index.device)
 
 
 def family_laplacian_eigenvectors(family: Tensor, edge_index: Tensor, k: int,
                                   edge_weight: Tensor | None = None) -> Tensor:
     """:func:`laplacian_eigenvectors` of many small graphs at once, one per family (batched dense ``eigh``).
+
+    Computed on the CPU; the result is on ``family``'s device.
 
     Args:
         family: ``[n]`` family id of each node; a family's nodes keep their relative order.
@@ -177,9 +179,12 @@ def family_laplacian_eigenvectors(family: Tensor, edge_index: Tensor, k: int,
     """
     num_nodes = family.numel()
     _check_graph(edge_index, num_nodes, k)
+    device = family.device
+    family, edge_index = family.cpu(), edge_index.cpu()
+    edge_weight = None if edge_weight is None else edge_weight.cpu()
     out = torch.zeros(num_nodes, k, dtype=torch.float32)
     if num_nodes == 0:
-        return out
+        return out.to(device)
     order = torch.argsort(family, stable=True)
     sizes = torch.bincount(family)
     start = torch.cumsum(sizes, 0) - sizes
@@ -200,7 +205,7 @@ def family_laplacian_eigenvectors(family: Tensor, edge_index: Tensor, k: int,
         for chunk in families.split(per_chunk):
             nodes = order[(start[chunk][:, None] + torch.arange(size)).view(-1)]
             out[nodes] = _dense_eigenvectors(chunk, family, local, size, src, dst, weight, k)
-    return out
+    return out.to(device)
 
 
 def _weighted_edges(edge_index: Tensor, edge_weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
