@@ -12,11 +12,11 @@ from torch_geometric.explain.algorithm import AttentionExplainer
 from torch_geometric.explain.algorithm.utils import clear_masks, set_masks
 from torch_geometric.loader import DataLoader
 
-from hgattn import Hierarchy, hsa
+from hgattn import Hierarchy
 from hgattn.nn import HSAConv
-from hgattn.nn.attention import leaf_sums, push_down, sibling_attention, sibling_edge_index
+from hgattn.nn.attention import leaf_sums, push_down, sibling_edge_index
 from hgattn.reference import hsa_reference
-from trees import LONE_LEAF, ONE_LEAF_CHAIN, ONE_LEAF_ROOT, UNARY_CHAIN, forest, random_tree
+from trees import UNARY_CHAIN, forest, random_tree
 
 METADATA = (["token", "patch", "sentence", "doc"],
             [("token", "in", "sentence"), ("sentence", "in", "doc"), ("patch", "in", "doc")])
@@ -103,21 +103,7 @@ def test_message_path_equals_fused_path(include_self: bool) -> None:
     assert seen[0].shape == (h.sibling_index.size(1), 2)
 
 
-@pytest.mark.parametrize("include_self", [False, True])
-def test_sibling_attention_equals_operator_attention(include_self: bool) -> None:
-    """The differentiable factored attention of the message path equals the operator's own."""
-    torch.manual_seed(7)
-    h = Hierarchy.from_parent(forest(random_tree(random.Random(10), 15), UNARY_CHAIN, LONE_LEAF, ONE_LEAF_ROOT,
-                                     ONE_LEAF_CHAIN))
-    q, k, v = torch.randn(3, h.num_leaves, 2, 4).double().unbind(0)
-    pos = torch.randn(h.num_nodes, 2, 3).double()
-    ours = sibling_attention(q, k, h, pos, include_self)
-    _, theirs = hsa(q, k, v, h, pos=pos, include_self=include_self, return_attention=True)
-    torch.testing.assert_close(ours.sibling_weight, theirs.sibling_weight, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(ours.self_weight, theirs.self_weight, rtol=1e-10, atol=1e-12)
-
-
-def test_sibling_attention_gradients_match_dense_reference() -> None:
+def test_message_path_gradients_match_dense_reference() -> None:
     """Gradients through the message path equal those of the dense reference (float64)."""
     torch.manual_seed(8)
     h = random_hierarchy(11, 14)

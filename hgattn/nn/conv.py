@@ -12,9 +12,9 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.typing import Metadata
 
-from ..functional import hsa
+from ..functional import hsa, hsa_attention
 from ..hierarchy import Hierarchy
-from .attention import leaf_sums, push_down, sibling_attention, sibling_edge_index
+from .attention import leaf_sums, push_down, sibling_edge_index
 
 __all__ = ["HSAConv"]
 
@@ -44,7 +44,7 @@ class HSAConv(MessagePassing):
     :func:`hgattn.hsa` in :meth:`message_and_aggregate`. When messages are observed (explain mode, message
     hooks such as :class:`torch_geometric.explain.AttentionExplainer`'s) or attention dropout is active, the
     layer sends the message :math:`\alpha_{BS}\, n(S)\, \bar{\mathbf{v}}_S` along every sibling edge, with
-    :math:`\alpha_{BS}` (``alpha``, ``[P, H]``, from :func:`~hgattn.nn.attention.sibling_attention`) the
+    :math:`\alpha_{BS}` (``alpha``, ``[P, H]``, from :func:`hgattn.hsa_attention`) the
     per-entry attention of the pair's block, sums them at ``B`` and pushes the sums down to the leaves: the
     same output, differentiable through ``alpha``.
 
@@ -198,7 +198,7 @@ class HSAConv(MessagePassing):
         size = (hierarchy.num_nodes, hierarchy.num_nodes)
         attention = None
         if observed or return_attention_weights:
-            attention = sibling_attention(query, key, hierarchy, pos_emb, self.include_self)
+            attention = hsa_attention(query, key, hierarchy, pos=pos_emb, include_self=self.include_self)
         if observed:
             alpha = F.dropout(attention.sibling_weight, p=self.dropout, training=self.training)
             out = self.propagate(sibling_edge_index(hierarchy), query=query, key=key, value=value, pos=pos_emb,
