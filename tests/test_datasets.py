@@ -284,6 +284,25 @@ def test_emoji_subset(tmp_path):
     assert hierarchy.num_leaves == 8 * 64 + sum(dataset[i]["token"].num_nodes for i in range(8))
 
 
+def test_emoji_batch_runs_hsa_with_per_type_positions(tmp_path):
+    from hgattn import hsa
+    from hgattn.datasets.emoji import Emoji
+
+    dataset = Emoji(str(tmp_path), source=_emoji_package(), limit=6)
+    batch = next(iter(DataLoader(dataset, batch_size=6)))
+    hierarchy = Hierarchy.from_hetero(batch)
+    generator = torch.Generator().manual_seed(0)
+    pos = torch.zeros(hierarchy.num_nodes, 8)
+    for node_type, (start, stop) in hierarchy.node_slices.items():
+        features = batch[node_type].pos
+        projection = torch.randn(features.size(1), 8, generator=generator)
+        pos[start:stop] = features @ projection
+    leaves = hierarchy.num_leaves
+    q, k, v = (torch.randn(leaves, 2, 4, generator=generator) for _ in range(3))
+    out = hsa(q, k, v, hierarchy, pos=pos)
+    assert out.shape == (leaves, 2, 4) and torch.isfinite(out).all()
+
+
 def test_emoji_errors(tmp_path, monkeypatch):
     from hgattn.datasets.emoji import Emoji, find_emoji_package, read_emoji_image
 
