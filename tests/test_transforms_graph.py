@@ -232,6 +232,23 @@ def test_partition_graph_matches_pyg_to_undirected():
     assert partition_graph(torch.zeros(2, 0, dtype=torch.long), 4).shape == (2, 0)
 
 
+def test_cluster_csr_lists_each_nodes_neighbours_within_its_cluster():
+    g = torch.Generator().manual_seed(0)
+    edge_index = partition_graph(torch.randint(0, 300, (2, 2000), generator=g), 300)
+    label = torch.randint(0, 7, (300,), generator=g)
+    edge_index = edge_index[:, label[edge_index[0]] == label[edge_index[1]]]
+    order, start, size, ptr, col = graph_module._cluster_csr(label, edge_index)
+    assert torch.equal(label[order], torch.sort(label).values)
+    assert torch.equal(size, torch.bincount(label))
+    position = torch.empty_like(order)
+    position[order] = torch.arange(300)
+    for v in range(300):
+        neighbours = edge_index[1][edge_index[0] == v]
+        expected = torch.sort(position[neighbours] - start[label[neighbours]]).values
+        p = position[v]
+        assert torch.equal(torch.sort(col[ptr[p]:ptr[p + 1]]).values, expected)
+
+
 def test_graph_errors():
     with pytest.raises(ValueError, match="empty graph"):
         GraphHierarchy(4)(Data(num_nodes=0))

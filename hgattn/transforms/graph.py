@@ -179,6 +179,9 @@ def partition_levels(edge_index: Tensor, num_nodes: int, branching: int, num_lev
 def _cluster_csr(label: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Nodes sorted by cluster and the edges (all inside clusters) as one CSR over that order (local columns).
 
+    ``edge_index`` must be sorted by source node (as :func:`partition_graph` returns it, or any subset of it):
+    each node's edges are then one slice, moved as a block without sorting the edges.
+
     Returns ``order`` (node at each sorted position), ``start`` and ``size`` per cluster, ``ptr`` ``[n+1]``
     and ``col`` (each edge's target, as its index within the cluster).
     """
@@ -188,11 +191,13 @@ def _cluster_csr(label: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor, Ten
     position[order] = torch.arange(num_nodes)
     size = torch.bincount(label)
     start = torch.cumsum(size, 0) - size
-    row, col = position[edge_index[0]], position[edge_index[1]] - start[label[edge_index[1]]]
-    perm = torch.argsort(row, stable=True)
+    degree = torch.bincount(edge_index[0], minlength=num_nodes)
+    first_edge = torch.cumsum(degree, 0) - degree
     ptr = torch.zeros(num_nodes + 1, dtype=torch.long)
-    ptr[1:] = torch.cumsum(torch.bincount(row, minlength=num_nodes), 0)
-    return order, start, size, ptr, col[perm]
+    ptr[1:] = torch.cumsum(degree[order], 0)
+    edge = torch.repeat_interleave(first_edge[order] - ptr[:-1], degree[order], output_size=edge_index.size(1))
+    target = edge_index[1][edge.add_(torch.arange(edge_index.size(1)))]
+    return order, start, size, ptr, position[target] - start[label[target]]
 
 
 def _metis_parts(label: Tensor, parts: Tensor, edge_index: Tensor, seed: int, iterations: int) -> Tensor:
