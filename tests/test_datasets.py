@@ -268,6 +268,16 @@ def _emoji_package() -> Path:
     return EMOJI_PACKAGE
 
 
+def test_emoji_records_published_counts():
+    from hgattn.datasets.emoji import EMOJI_CATEGORIES, read_emoji_records
+
+    records = read_emoji_records(_emoji_package())
+    assert len(records) == 1911
+    assert Counter(r["category"] for r in records) == dict(zip(EMOJI_CATEGORIES, [
+        85, 159, 5, 270, 131, 264, 386, 169, 224, 218]))
+    assert [r["sort_order"] for r in records] == sorted(r["sort_order"] for r in records)
+
+
 def test_emoji_subset(tmp_path):
     from hgattn.datasets.emoji import EMOJI_CATEGORIES, Emoji, read_emoji_image
 
