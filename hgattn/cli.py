@@ -1,0 +1,190 @@
+"""The ``hgattn`` command line: ``demo``, ``train`` and ``bench`` (also ``python -m hgattn``)."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser", "train_config", "DEMO_DEFAULTS", "QUICK_DEMO", "BENCH_SCRIPTS"]
+
+#: Settings of ``hgattn demo`` (sized to finish in under 10 minutes on 2 CPU cores, data processing included).
+DEMO_DEFAULTS: dict[str, Any] = {"epochs": 4, "hidden": 64, "heads": 4, "batch_size": 32, "lr": 2e-3,
+                                 "dropout": 0.1, "seeds": 5}
+#: Settings of ``hgattn demo --quick``: 8 articles per topic, 2 seeds, 2 epochs.
+QUICK_DEMO: dict[str, Any] = {"epochs": 2, "hidden": 32, "heads": 2, "seeds": 2, "articles_per_topic": 8}
+BENCH_SCRIPTS = ("bench_hsa.py", "bench_layers.py")
+_CONFIG_FLAGS: dict[str, dict[str, Any]] = {
+    "task": {"help": "task name (see `hgattn train --list`)"},
+    "model": {"help": "model name, depends on the task"},
+    "epochs": {"type": int},
+    "seed": {"type": int},
+    "lr": {"type": float, "help": "AdamW learning rate"},
+    "weight_decay": {"type": float},
+    "batch_size": {"type": int},
+    "hidden": {"type": int, "help": "model width"},
+    "heads": {"type": int},
+    "layers": {"type": int, "help": "layers of the graph models"},
+    "dropout": {"type": float},
+    "out_dir": {"help": "folder for checkpoints, results.jsonl, summary.md and plots"},
+    "data_root": {"help": "folder where datasets are processed and cached"},
+    "source": {"help": "folder holding the raw dataset files (Planetoid raw files, an OGB dataset folder)"},
+    "max_graphs": {"type": int, "help": "graph tasks: keep only the first N graphs"},
+    "articles_per_topic": {"type": int, "help": "bbc-news: keep only the first N articles of each topic"},
+    "device": {"help": "cpu or cuda[:i]"},
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """Flags for TrainConfig fields; absent flags stay out of the namespace (so YAML values survive)."""
+    for name in names:
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                            **_CONFIG_FLAGS[name])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hgattn`` argument parser with its ``demo``, ``train`` and ``bench`` sub-commands."""
+    parser = argparse.ArgumentParser(prog="hgattn", description="Hierarchical Self-Attention: train, compare and "
+                                     "benchmark HSA against flat attention on real tasks.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="BBC News: HSA vs flat softmax attention (FSA) vs DeepSet over seeds")
+    _add_config_flags(demo, ["epochs", "hidden", "heads", "batch_size", "lr", "dropout", "out_dir", "data_root",
+                             "articles_per_topic", "device"])
+    demo.add_argument("--seeds", type=int, default=argparse.SUPPRESS, help="number of seeds (default 5)")
+    demo.add_argument("--models", nargs="+", choices=["hsa", "fsa", "deepset"], default=["hsa", "fsa", "deepset"])
+    demo.add_argument("--quick", action="store_true", help="smoke run: 8 articles per topic, 2 seeds, 2 epochs")
+    demo.add_argument("--resume", action="store_true", help="continue every run from its checkpoint")
+    demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+    train = commands.add_parser("train", help="train one model on one task (checkpoints, resume, results)")
+    train.add_argument("--config", help="YAML file of options (flags given on the command line win)")
+    _add_config_flags(train, list(_CONFIG_FLAGS))
+    train.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
+                       help="continue from the run's checkpoint (its last finished epoch)")
+    train.add_argument("--distributed", action="store_true", default=argparse.SUPPRESS,
+                       help="data-parallel over torchrun's processes (gloo on CPU, NCCL on CUDA)")
+    train.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS)
+    train.add_argument("--list", action="store_true", help="list the tasks and their models, then exit")
+
+    bench = commands.add_parser("bench", help="run the repository's speed and memory benchmarks")
+    bench.add_argument("--quick", action="store_true", help="small sizes (passed to every script)")
+    bench.add_argument("--out-dir", default="runs/bench", help="where the scripts write tables and plots")
+    bench.add_argument("--only", nargs="+", choices=list(BENCH_SCRIPTS), help="run only these scripts")
+    return parser
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    """The TrainConfig of ``hgattn train``: defaults, then the ``--config`` YAML file, then the flags."""
+    from .train import TrainConfig, load_yaml_config
+
+    values = load_yaml_config(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k in TrainConfig.field_names()})
+    return TrainConfig(**values)
+
+
+def demo_config(args: argparse.Namespace) -> tuple[Any, int]:
+    """The base TrainConfig and the number of seeds of ``hgattn demo`` (``--quick`` settings, then flags)."""
+    from .train import TrainConfig
+
+    values = {**DEMO_DEFAULTS, **(QUICK_DEMO if args.quick else {}), "out_dir": "runs/demo"}
+    values.update({k: v for k, v in vars(args).items() if k in TrainConfig.field_names() or k == "seeds"})
+    seeds = values.pop("seeds")
+    return TrainConfig(task="bbc-news", model="hsa", **values), seeds
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import load_task, run_name, train
+    from .train import distributed
+    from .train.loop import append_jsonl
+    from .train.results import markdown_table, plot_curves, read_jsonl, summarize
+
+    config = train_config(args)
+    if config.distributed:
+        config = replace(config, device=distributed.setup(config.device))
+    try:
+        task = load_task(config)
+        if config.distributed and task.kind == "node":
+            raise ValueError(f"--distributed splits graphs over processes; {config.task} is one graph (node task)")
+        result = train(task, config)
+    finally:
+        if config.distributed:
+            distributed.teardown()
+    if not distributed.is_main():
+        return 0
+    out_dir = Path(config.out_dir)
+    append_jsonl(out_dir / "results.jsonl", result)
+    results = [r for r in read_jsonl(out_dir / "results.jsonl") if r["task"] == config.task]
+    table = markdown_table(summarize(results))
+    (out_dir / "summary.md").write_text(table)
+    plot_curves(results, task.metric, out_dir / f"curves_{config.task}.png")
+    print(f"{run_name(config)}: best epoch {result['best_epoch']}, "
+          f"test {task.metric} {result[f'test_{task.metric}']:.4f}\n\n{table}")
+    return 0
+
+
+def list_tasks() -> int:
+    from .train import TASKS
+
+    for name, (_, models) in TASKS.items():
+        print(f"{name:18s} models: {', '.join(models)}")
+    return 0
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from .train import run_demo
+    from .train.results import markdown_table
+
+    base, seeds = demo_config(args)
+    base = replace(base, resume=args.resume, progress=args.progress)
+    rows = run_demo(base, seeds, args.models)
+    print(f"BBC News topic classification, {seeds} seed(s), {base.epochs} epoch(s), width {base.hidden}: "
+          f"test metrics as mean ± 95% CI (t-distribution) over seeds\n")
+    print(markdown_table(rows))
+    print(f"results, table and plots in {base.out_dir}/")
+    return 0
+
+
+def benchmarks_dir() -> Path:
+    """The repository's ``benchmarks/`` folder (next to the ``hgattn`` package in a source checkout).
+
+    Raises:
+        FileNotFoundError: when hgattn was installed without the repository (e.g. from a wheel).
+    """
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    if not (folder / BENCH_SCRIPTS[0]).is_file():
+        raise FileNotFoundError(f"no benchmarks folder at {folder}: `hgattn bench` runs the repository's "
+                                "benchmarks/ scripts; clone the repository and install it with `pip install -e .`")
+    return folder
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    folder = benchmarks_dir()
+    flags = ["--out-dir", args.out_dir, *(["--quick"] if args.quick else [])]
+    for script in args.only or BENCH_SCRIPTS:
+        path = folder / script
+        if not path.is_file():
+            print(f"hgattn bench: {path} is missing, skipped", file=sys.stderr)
+            continue
+        print(f"hgattn bench: {script} {' '.join(flags)}", file=sys.stderr, flush=True)
+        code = subprocess.call([sys.executable, str(path), *flags])
+        if code:
+            print(f"hgattn bench: {script} failed with exit status {code}", file=sys.stderr)
+            return code
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hgattn`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return run_demo_command(args)
+        if args.command == "bench":
+            return run_bench(args)
+        return list_tasks() if args.list else run_train(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"hgattn {args.command}: error: {error}", file=sys.stderr)
+        return 2

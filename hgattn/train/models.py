@@ -1,0 +1,281 @@
+"""Models of the training tasks; each takes a PyG batch and returns logits."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Dropout, LayerNorm, Sequential
+from torch_geometric.data import HeteroData
+from torch_geometric.nn import GCNConv, GINEConv, GPSConv, MLP, global_mean_pool
+from torch_geometric.nn.dense.linear import Linear
+from torch_geometric.nn.inits import reset
+from torch_geometric.nn.resolver import activation_resolver
+from torch_geometric.utils import scatter
+
+from ..hierarchy import Hierarchy
+from ..nn import GraphHSATransformer, HTEBlock
+from .flat import FlatSoftmaxConv
+
+__all__ = ["DeepSetBlock", "TreeClassifier", "NodeGCN", "NodeGPS", "MoleculeGNN", "MoleculeHSATransformer",
+           "tree_positions"]
+
+
+def tree_positions(data: HeteroData, hierarchy: Hierarchy) -> dict[str, Tensor]:
+    """The ``pos`` of every node type of ``data`` that has one (the layers' ``pos_dict``)."""
+    return {nt: data[nt].pos for nt in hierarchy.node_slices if "pos" in data[nt]}
+
+
+class DeepSetBlock(torch.nn.Module):
+    r""":class:`~hgattn.nn.HTEBlock` with the attention off: per leaf, the layer's normalised query heads,
+    then the same output projection, LayerNorm and feed-forward network,
+    :math:`\mathbf{x}' = \mathbf{h} + \mathrm{FFN}(\mathbf{h})`, :math:`\mathbf{h} = \mathrm{LN}(\mathbf{W}_O
+    \Vert_h \mathrm{LN}(\mathbf{W}^{(h)}_Q \mathbf{x}))`. Pooled over a set it is a DeepSet.
+
+    Shapes: input ``[N, in_channels]``, output ``[N, channels]``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, heads: int = 1, act: str = "gelu") -> None:
+        super().__init__()
+        if channels % heads != 0:
+            raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
+        self.in_channels, self.channels, self.heads = in_channels, channels, heads
+        self.lin_q = Linear(in_channels, channels, weight_initializer="glorot")
+        self.q_norm = LayerNorm(channels // heads)
+        self.lin_out = Linear(channels, channels)
+        self.norm = LayerNorm(channels)
+        self.ffn = Sequential(Linear(channels, 2 * channels), activation_resolver(act), Linear(2 * channels, channels))
+
+    def reset_parameters(self) -> None:
+        for module in (self.lin_q, self.q_norm, self.lin_out, self.norm):
+            module.reset_parameters()
+        reset(self.ffn)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q = self.q_norm(self.lin_q(x).view(x.size(0), self.heads, -1)).view(x.size(0), -1)
+        h = self.norm(self.lin_out(q))
+        return h + self.ffn(h)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.in_channels}, {self.channels}, heads={self.heads})"
+
+
+class TreeClassifier(torch.nn.Module):
+    r"""The paper's classifier (spec section 7): one :class:`~hgattn.nn.HTEBlock` over the leaves of each
+    tree (or a :class:`DeepSetBlock` when ``attention=False``), mean pooling over the leaves of each tree, and
+    an MLP with one hidden layer.
+
+    Leaf features are ``x`` of the leaf type, or, with ``embedding`` (a frozen ``[vocab, F]`` table), the rows
+    of its ``token_id``.
+
+    Args:
+        in_channels: leaf feature size ``F``.
+        channels: model width.
+        num_classes: number of outputs.
+        metadata: node and edge types of the trees.
+        leaf_type: the node type of the leaves.
+        heads: attention heads.
+        pos_channels: size of the raw ``pos`` features (0: none).
+        attention: HSA (``True``) or none (DeepSet).
+        flat: the trees are one-level (FSA): the block is homogeneous and its attention a
+            :class:`~hgattn.train.flat.FlatSoftmaxConv` (the same layer and parameters, computed as dense
+            softmax per tree from the tree index of each leaf, without building a hierarchy).
+        embedding: optional frozen token embedding table.
+        dropout: dropout in the MLP head.
+
+    Shapes: a batch of ``B`` trees (``HeteroData`` batch) to logits ``[B, num_classes]``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, metadata: Any, leaf_type: str,
+                 heads: int = 1, pos_channels: int = 0, attention: bool = True, flat: bool = False,
+                 embedding: Tensor | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        if flat and not attention:
+            raise ValueError("TreeClassifier: flat=True needs attention=True")
+        self.leaf_type, self.attention, self.flat, self.num_classes = leaf_type, attention, flat, num_classes
+        self.embedding = (torch.nn.Embedding.from_pretrained(embedding, freeze=True)
+                          if embedding is not None else None)
+        self.block = (HTEBlock(in_channels if flat else {leaf_type: in_channels}, channels,
+                               None if flat else metadata, heads=heads, pos_channels=pos_channels) if attention
+                      else DeepSetBlock(in_channels, channels, heads=heads))
+        if flat:
+            attn = self.block.attn
+            self.block.attn = FlatSoftmaxConv(attn.in_channels, attn.out_channels, heads=attn.heads,
+                                              concat=attn.concat, qk_norm=attn.qk_norm,
+                                              include_self=attn.include_self, pos_channels=attn.pos_channels,
+                                              root_weight=attn.root_weight, query_residual=attn.query_residual)
+        self.head = MLP([channels, channels, num_classes], dropout=dropout, norm=None)
+
+    def reset_parameters(self) -> None:
+        self.block.reset_parameters()
+        self.head.reset_parameters()
+
+    def leaf_inputs(self, data: HeteroData) -> Tensor:
+        """``[N, F]`` leaf features of the batch."""
+        store = data[self.leaf_type]
+        return self.embedding(store.token_id) if self.embedding is not None else store.x
+
+    def forward(self, data: HeteroData) -> Tensor:
+        x = self.leaf_inputs(data)
+        graph = data[self.leaf_type].batch if "batch" in data[self.leaf_type] else x.new_zeros(
+            x.size(0), dtype=torch.long)
+        if self.flat:
+            pos = data[self.leaf_type].pos if "pos" in data[self.leaf_type] else None
+            out = self.block(x, graph, pos)
+        elif self.attention:
+            hierarchy = Hierarchy.from_hetero(data).to(x.device)
+            pos = tree_positions(data, hierarchy) or None
+            out = self.block({self.leaf_type: x}, hierarchy, pos)[self.leaf_type]
+        else:
+            out = self.block(x)
+        return self.head(scatter(out, graph, dim=0, dim_size=data.num_graphs if hasattr(data, "num_graphs")
+                                 else 1, reduce="mean"))
+
+    def __repr__(self) -> str:
+        kind = ("FSA" if self.flat else "HSA") if self.attention else "DeepSet"
+        return f"{self.__class__.__name__}({kind}, {self.block}, num_classes={self.num_classes})"
+
+
+class NodeGCN(torch.nn.Module):
+    """A GCN node classifier over the ``('node', 'to', 'node')`` graph of a hierarchical graph.
+
+    Shapes: ``HeteroData`` with ``node.x`` ``[N, F]`` to logits ``[N, num_classes]``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, num_layers: int = 2,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        from torch_geometric.nn.models import GCN
+
+        self.gcn = GCN(in_channels, channels, num_layers, num_classes, dropout=dropout)
+
+    def reset_parameters(self) -> None:
+        self.gcn.reset_parameters()
+
+    def forward(self, data: HeteroData) -> Tensor:
+        return self.gcn(data["node"].x, data["node", "to", "node"].edge_index)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.gcn})"
+
+
+class NodeGPS(torch.nn.Module):
+    r"""GCN + global attention for node classification: :class:`~hgattn.nn.GraphHSATransformer` (HSA over the
+    graph's cluster tree, ``attention='hsa'``) or PyG :class:`~torch_geometric.nn.conv.GPSConv` layers with
+    dense multi-head attention over all nodes (``attention='dense'``), then a linear classifier.
+
+    Shapes: ``HeteroData`` (a :class:`~hgattn.transforms.GraphHierarchy` tree) to logits ``[N, num_classes]``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, attention: str, num_layers: int = 2,
+                 heads: int = 1, pos_channels: int = 0, dropout: float = 0.5) -> None:
+        super().__init__()
+        if attention not in ("hsa", "dense"):
+            raise ValueError(f"NodeGPS: attention must be 'hsa' or 'dense', got {attention!r}")
+        self.attention, self.dropout = attention, dropout
+        if attention == "hsa":
+            self.model = GraphHSATransformer(in_channels, channels, num_classes, num_layers=num_layers, heads=heads,
+                                             task="node", conv="gcn", dropout=dropout,
+                                             attn_kwargs={"pos_channels": pos_channels})
+        else:
+            self.encoder = Linear(in_channels, channels)
+            self.layers = torch.nn.ModuleList([
+                GPSConv(channels, GCNConv(channels, channels), heads=heads, dropout=dropout,
+                        attn_type="multihead") for _ in range(num_layers)])
+            self.head = MLP([channels, channels, num_classes], dropout=dropout, norm=None)
+
+    def reset_parameters(self) -> None:
+        for module in self.children():
+            reset(module)
+
+    def forward(self, data: HeteroData) -> Tensor:
+        x, edge_index = data["node"].x, data["node", "to", "node"].edge_index
+        if self.attention == "hsa":
+            hierarchy = Hierarchy.from_hetero(data).to(x.device)
+            pos = hierarchy.node_features(tree_positions(data, hierarchy)) if self.model.layers[0].attn.pos_channels \
+                else None
+            return self.model(x, edge_index, hierarchy, pos=pos)
+        h = self.encoder(x)
+        for layer in self.layers:
+            h = layer(h, edge_index)
+        return self.head(h)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(attention={self.attention})"
+
+
+class MoleculeGNN(torch.nn.Module):
+    """OGB-style molecule baseline: ``AtomEncoder``, ``num_layers`` GCN or GINE (with ``BondEncoder`` edge
+    features) layers with batch norm and ReLU, mean pooling, a linear head.
+
+    Shapes: a batch of ``B`` molecule trees to logits ``[B, num_tasks]``.
+    """
+
+    def __init__(self, channels: int, num_tasks: int, conv: str = "gin", num_layers: int = 5,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+
+        if conv not in ("gcn", "gin"):
+            raise ValueError(f"MoleculeGNN: conv must be 'gcn' or 'gin', got {conv!r}")
+        self.conv_name, self.dropout = conv, dropout
+        self.atom_encoder = AtomEncoder(channels)
+        self.bond_encoders = torch.nn.ModuleList([BondEncoder(channels) for _ in range(num_layers)]) \
+            if conv == "gin" else None
+        self.convs = torch.nn.ModuleList([
+            GINEConv(MLP([channels, 2 * channels, channels], norm="batch_norm")) if conv == "gin"
+            else GCNConv(channels, channels) for _ in range(num_layers)])
+        self.norms = torch.nn.ModuleList([torch.nn.BatchNorm1d(channels) for _ in range(num_layers)])
+        self.head = Linear(channels, num_tasks)
+
+    def reset_parameters(self) -> None:
+        for module in self.children():
+            reset(module)
+
+    def forward(self, data: HeteroData) -> Tensor:
+        atoms, bonds = data["atom"], data["atom", "bond", "atom"]
+        h = self.atom_encoder(atoms.x)
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            out = conv(h, bonds.edge_index, self.bond_encoders[i](bonds.edge_attr)) if self.bond_encoders \
+                else conv(h, bonds.edge_index)
+            out = norm(out)
+            if i < len(self.convs) - 1:
+                out = out.relu()
+            h = torch.nn.functional.dropout(out, p=self.dropout, training=self.training)
+        return self.head(global_mean_pool(h, atoms.batch))
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.conv_name}, layers={len(self.convs)})"
+
+
+class MoleculeHSATransformer(torch.nn.Module):
+    """``AtomEncoder`` followed by :class:`~hgattn.nn.GraphHSATransformer` (GIN local layers, HSA over the
+    molecule -> junction-tree cliques -> atoms tree of :class:`~hgattn.transforms.MoleculeHierarchy`, with its
+    Laplacian positions), mean pooled per molecule.
+
+    Shapes: a batch of ``B`` molecule trees to logits ``[B, num_tasks]``.
+    """
+
+    def __init__(self, channels: int, num_tasks: int, num_layers: int = 3, heads: int = 4, pos_channels: int = 4,
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        from ogb.graphproppred.mol_encoder import AtomEncoder
+
+        self.atom_encoder = AtomEncoder(channels)
+        self.model = GraphHSATransformer(channels, channels, num_tasks, num_layers=num_layers, heads=heads,
+                                         task="graph", conv="gin", dropout=dropout,
+                                         attn_kwargs={"pos_channels": pos_channels})
+
+    def reset_parameters(self) -> None:
+        reset(self.atom_encoder)
+        self.model.reset_parameters()
+
+    def forward(self, data: HeteroData) -> Tensor:
+        atoms = data["atom"]
+        hierarchy = Hierarchy.from_hetero(data).to(atoms.x.device)
+        pos = hierarchy.node_features(tree_positions(data, hierarchy))
+        return self.model(self.atom_encoder(atoms.x), data["atom", "bond", "atom"].edge_index, hierarchy,
+                          batch=atoms.batch, pos=pos)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.model})"

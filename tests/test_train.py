@@ -1,0 +1,229 @@
+"""hgattn.train: metrics, confidence intervals, checkpoints, configs, the flat (FSA) kernel, exact resume."""
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import HeteroData
+
+import hgattn
+from hgattn import Hierarchy
+from hgattn.train import TrainConfig, load_yaml_config, train
+from hgattn.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hgattn.train.flat import FlatSoftmaxConv, flat_softmax_attention
+from hgattn.train.loop import CHECKPOINT_NAME, run_name
+from hgattn.train.metrics import accuracy, macro_f1, mean_confidence_interval
+from hgattn.train.models import DeepSetBlock, TreeClassifier
+from hgattn.train.results import markdown_table, summarize
+from hgattn.train.tasks import Task, classification_metrics, load_task
+
+
+# ---------------------------------------------------------------- metrics
+def test_accuracy_and_macro_f1_match_sklearn() -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    generator = torch.Generator().manual_seed(0)
+    for num_classes in (2, 5):
+        target = torch.randint(num_classes, (200,), generator=generator)
+        pred = torch.where(torch.rand(200, generator=generator) < 0.6, target,
+                           torch.randint(num_classes, (200,), generator=generator))
+        assert accuracy(pred, target) == pytest.approx(metrics.accuracy_score(target, pred))
+        assert macro_f1(pred, target, num_classes) == pytest.approx(metrics.f1_score(target, pred, average="macro"))
+    target, pred = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 2, 1, 1])  # class 2 predicted, never true
+    assert macro_f1(pred, target, 3) == pytest.approx(metrics.f1_score(target, pred, average="macro"))
+
+
+def test_metrics_reject_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="same non-empty shape"):
+        accuracy(torch.tensor([1, 2]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="same non-empty shape"):
+        macro_f1(torch.tensor([], dtype=torch.long), torch.tensor([], dtype=torch.long), 2)
+
+
+def test_confidence_interval_matches_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    values = [0.91, 0.93, 0.90, 0.95, 0.92]
+    mean, half = mean_confidence_interval(values)
+    low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+    assert mean == pytest.approx(np.mean(values))
+    assert (mean - half, mean + half) == pytest.approx((low, high))
+    assert math.isnan(mean_confidence_interval([0.5])[1])
+    with pytest.raises(ValueError, match="no values"):
+        mean_confidence_interval([])
+
+
+def test_summary_table() -> None:
+    runs = [{"task": "t", "model": m, "seed": s, "test_accuracy": a, "seconds_per_epoch": 2.0,
+             "peak_bytes": 2 ** 20 * (10 + s), "epochs": 3} for m, s, a in
+            [("hsa", 0, 0.8), ("hsa", 1, 0.9), ("fsa", 0, 0.7)]]
+    rows = summarize(runs)
+    assert [(r["model"], r["seeds"]) for r in rows] == [("hsa", 2), ("fsa", 1)]
+    assert rows[0]["test_accuracy"][0] == pytest.approx(0.85)
+    assert rows[0]["peak_mib"] == pytest.approx(11)
+    table = markdown_table(rows)
+    assert "| t | hsa | 2 | 3 | 0.8500 ± " in table and "| t | fsa | 1 | 3 | 0.7000 | 2.00 | 10 |" in table
+
+
+# ---------------------------------------------------------------- checkpoints and configs
+def test_checkpoint_round_trip_restores_random_states(tmp_path) -> None:
+    torch.manual_seed(3)
+    state = rng_state()
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    path = tmp_path / "sub" / "ckpt.pt"
+    save_checkpoint(path, {"rng": state, "epoch": 7})
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_write_failure_keeps_previous(tmp_path) -> None:
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"epoch": 1})
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"epoch": 2, "bad": lambda: None})  # lambdas cannot be pickled
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_yaml_config(tmp_path) -> None:
+    pytest.importorskip("yaml")
+    path = tmp_path / "run.yaml"
+    path.write_text("task: cora\nmodel: gps-hsa\nbatch-size: 8\nlr: 0.01\n")
+    assert load_yaml_config(path) == {"task": "cora", "model": "gps-hsa", "batch_size": 8, "lr": 0.01}
+    path.write_text("task: cora\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="unknown option"):
+        load_yaml_config(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_yaml_config(path)
+
+
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": 0.0}, {"dropout": 1.0}, {"hidden": 30, "heads": 4},
+                                 {"max_graphs": 0}])
+def test_config_validation(bad) -> None:
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)
+
+
+def test_unknown_task_and_model() -> None:
+    with pytest.raises(ValueError, match="unknown task"):
+        load_task(TrainConfig(task="mnist"))
+    with pytest.raises(ValueError, match="has no model"):
+        load_task(TrainConfig(task="bbc-news", model="gcn"))
+
+
+# ---------------------------------------------------------------- FSA kernel
+def _flat_forest(sizes: list[int]) -> Hierarchy:
+    parent = [-1] * len(sizes) + [tree for tree, size in enumerate(sizes) for _ in range(size)]
+    return Hierarchy.from_parent(torch.tensor(parent))
+
+
+@pytest.mark.parametrize("include_self", [False, True])
+@pytest.mark.parametrize("with_pos", [False, True])
+def test_flat_softmax_equals_hsa_on_one_level_trees(include_self: bool, with_pos: bool) -> None:
+    torch.manual_seed(0)
+    hierarchy = _flat_forest([5, 1, 7, 2])
+    q, k, v = (torch.randn(hierarchy.num_leaves, 2, 4, dtype=torch.float64) for _ in range(3))
+    pos = torch.randn(hierarchy.num_nodes, 2, 4, dtype=torch.float64) if with_pos else None
+    expected = hgattn.hsa(q, k, v, hierarchy, pos=pos, include_self=include_self)
+    out = flat_softmax_attention(q, k, v, hierarchy.batch, pos[hierarchy.leaf_node] if with_pos else None,
+                                 include_self)
+    torch.testing.assert_close(out, expected)
+
+
+def _text_forest(sizes: list[int], levels: int, num_classes: int = 3, seed: int = 0) -> list[HeteroData]:
+    """Random token trees (not a dataset: features and labels are random), document -> [chunk ->] token."""
+    generator = torch.Generator().manual_seed(seed)
+    trees = []
+    for size in sizes:
+        data = HeteroData()
+        data["token"].x = torch.randn(size, 6, generator=generator)
+        data["token"].pos = torch.randn(size, 4, generator=generator)
+        data["document"].num_nodes, data["document"].pos = 1, torch.zeros(1, 4)
+        if levels == 1:
+            data["token", "in", "document"].edge_index = torch.stack([torch.arange(size), torch.zeros(size).long()])
+        else:
+            chunk = torch.arange(size) // 3
+            data["chunk"].num_nodes = int(chunk.max()) + 1
+            data["chunk"].pos = torch.randn(data["chunk"].num_nodes, 4, generator=generator)
+            data["token", "in", "chunk"].edge_index = torch.stack([torch.arange(size), chunk])
+            data["chunk", "in", "document"].edge_index = torch.stack(
+                [torch.arange(data["chunk"].num_nodes), torch.zeros(data["chunk"].num_nodes).long()])
+        data.y = torch.randint(num_classes, (1,), generator=generator)
+        trees.append(data)
+    return trees
+
+
+def test_fsa_classifier_is_the_hte_layer_on_the_flat_tree() -> None:
+    from torch_geometric.loader import DataLoader
+
+    batch = next(iter(DataLoader(_text_forest([4, 1, 9], levels=1), batch_size=3)))
+    torch.manual_seed(0)
+    hsa_model = TreeClassifier(6, 8, 3, batch.metadata(), "token", heads=2, pos_channels=4)
+    fsa_model = TreeClassifier(6, 8, 3, batch.metadata(), "token", heads=2, pos_channels=4, flat=True)
+    fsa_model.load_state_dict(hsa_model.state_dict())
+    torch.testing.assert_close(fsa_model(batch), hsa_model(batch))
+    assert "FSA" in repr(fsa_model) and "HSA" in repr(hsa_model)
+
+
+def test_flat_conv_rejects_bad_input() -> None:
+    conv = FlatSoftmaxConv(6, 4, heads=2, pos_channels=4)
+    with pytest.raises(ValueError, match="batch"):
+        conv(torch.randn(5, 6), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="pos must be"):
+        conv(torch.randn(5, 6), torch.zeros(5, dtype=torch.long), torch.randn(5, 3))
+    with pytest.raises(ValueError, match="homogeneous"):
+        FlatSoftmaxConv(6, 4, (["token", "document"], [("token", "in", "document")]))
+
+
+def test_deepset_block_ignores_other_leaves() -> None:
+    block = DeepSetBlock(6, 8, heads=2)
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(block(x)[:2], block(x[:2]))
+    assert repr(block) == "DeepSetBlock(6, 8, heads=2)"
+
+
+# ---------------------------------------------------------------- training loop and resume
+def _toy_task(model: str) -> Task:
+    trees = _text_forest([5, 8, 3, 9, 6, 7, 4, 10, 5, 6, 8, 3], levels=1 if model == "fsa" else 2)
+    metadata = trees[0].metadata()
+
+    def build(name: str, cfg: TrainConfig) -> torch.nn.Module:
+        return TreeClassifier(6, cfg.hidden, 3, metadata, "token", heads=cfg.heads, pos_channels=4,
+                              attention=name != "deepset", flat=name == "fsa", dropout=cfg.dropout)
+
+    return Task("toy", "graph", "cross_entropy", "accuracy", 3, build, classification_metrics(3),
+                splits={"train": trees[:8], "valid": trees[8:10], "test": trees[10:]})
+
+
+@pytest.mark.parametrize("model", ["hsa", "fsa", "deepset"])
+def test_resume_equals_uninterrupted_run(tmp_path, model: str) -> None:
+    task = _toy_task(model)
+    base = TrainConfig(task="toy", model=model, hidden=8, heads=2, batch_size=3, dropout=0.3, lr=1e-2,
+                       progress=False)
+    straight = train(task, replace(base, epochs=4, out_dir=str(tmp_path / "a")))
+    train(task, replace(base, epochs=2, out_dir=str(tmp_path / "b")))  # interrupted after epoch 2
+    resumed = train(task, replace(base, epochs=4, out_dir=str(tmp_path / "b"), resume=True))
+    drop = ("train_seconds", "peak_bytes")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed["history"]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in straight["history"]]
+    states = [load_checkpoint(tmp_path / d / run_name(base) / CHECKPOINT_NAME) for d in ("a", "b")]
+    assert states[0]["epoch"] == states[1]["epoch"] == 4
+    for key, value in states[0]["model"].items():
+        torch.testing.assert_close(states[1]["model"][key], value, rtol=0, atol=0)
+
+
+def test_train_result_record(tmp_path) -> None:
+    result = train(_toy_task("hsa"), TrainConfig(task="toy", model="hsa", epochs=2, hidden=8, heads=2,
+                                                 out_dir=str(tmp_path), progress=False))
+    assert result["epochs"] == 2 and len(result["history"]) == 2
+    assert result["best_epoch"] in (1, 2) and 0 <= result["test_accuracy"] <= 1
+    assert result["parameters"] > 0 and result["seconds_per_epoch"] > 0
+    if os.path.exists("/proc/self/clear_refs"):
+        assert result["peak_bytes"] is not None
