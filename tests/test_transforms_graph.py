@@ -218,6 +218,17 @@ def test_batching_through_dataloader():
     assert int(torch.bincount(large["cluster2", "in", "root"].edge_index[1]).max()) == 200 // 16 + 1
 
 
+def test_directed_graph_with_edge_attributes():
+    edge_index = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 7], [1, 2, 3, 0, 5, 6, 7, 4, 7]])
+    data = Data(edge_index=edge_index, edge_attr=torch.arange(9.0)[:, None], num_nodes=8, y=torch.arange(8))
+    out = GraphHierarchy(4, method="metis" if graph_module._has_pymetis() else "spectral")(data)
+    assert torch.equal(out["node", "to", "node"].edge_index, edge_index)
+    assert torch.equal(out["node", "to", "node"].edge_attr, data.edge_attr)
+    assert torch.equal(out["node"].y, data.y)
+    cluster = out["node", "in", "cluster1"].edge_index[1]
+    assert edge_cut(to_undirected(edge_index), cluster) == 0
+
+
 def test_input_pos_is_kept_under_another_name():
     data = random_graph(30, 60, pos=torch.randn(30, 3))
     out = GraphHierarchy(4, method="spectral")(data)
