@@ -61,7 +61,7 @@ def _train_epoch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Opti
         loss = compute_loss(task, model(graph)[store.train_mask], store.y[store.train_mask])
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
     total, count = 0.0, 0
     batches = _loader(task, "train", config, epoch)
     for batch in tqdm(batches, desc=f"epoch {epoch}", leave=False, file=sys.stderr,

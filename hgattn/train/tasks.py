@@ -62,7 +62,7 @@ def load_bbc_news(config: TrainConfig) -> Task:
     levels = () if config.model == "fsa" else ("paragraph", "sentence")
     dataset = BBCNews(str(Path(config.data_root) / "bbc_news"), articles_per_topic=config.articles_per_topic,
                       levels=levels)
-    splits = {name: dataset[index] for name, index in dataset.split_idx.items()}
+    splits = _non_empty_splits("bbc-news", dataset, f"articles_per_topic={config.articles_per_topic}")
     sample = dataset[0]
     pos_channels = sample["token"].pos.size(1)
 
@@ -123,10 +123,7 @@ def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
         _check_model(name, config.model, MOLECULE_MODELS)
         dataset = OGBMoleculeDataset(name, str(Path(config.data_root) / "ogb"), source=config.source,
                                      limit=config.max_graphs)
-        splits = {key: dataset[index] for key, index in dataset.split_idx.items()}
-        empty = [key for key, part in splits.items() if len(part) == 0]
-        if empty:
-            raise ValueError(f"{name}: the split part(s) {empty} are empty with max_graphs={config.max_graphs}")
+        splits = _non_empty_splits(name, dataset, f"max_graphs={config.max_graphs}")
 
         def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
             if model == "gps-hsa":
@@ -141,6 +138,15 @@ def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
         return Task(name, "graph", "bce", "roc_auc", dataset.num_tasks, build, evaluate, splits=splits)
 
     return load
+
+
+def _non_empty_splits(task: str, dataset: Dataset, setting: str) -> dict[str, Dataset]:
+    """The dataset's ``split_idx`` parts as datasets; raises ``ValueError`` if one is empty."""
+    splits = {key: dataset[index] for key, index in dataset.split_idx.items()}
+    empty = [key for key, part in splits.items() if len(part) == 0]
+    if empty:
+        raise ValueError(f"{task}: the split part(s) {empty} are empty with {setting}; use more data")
+    return splits
 
 
 def _check_model(task: str, model: str, allowed: Sequence[str]) -> None:

