@@ -108,15 +108,16 @@ def run_train(args: argparse.Namespace) -> int:
     config = train_config(args)
     if config.distributed:
         config = replace(config, device=distributed.setup(config.device))
+    main_rank = distributed.is_main()
     try:
-        task = load_task(config)
+        task = distributed.main_first(load_task, config)
         if config.distributed and task.kind == "node":
             raise ValueError(f"--distributed splits graphs over processes; {config.task} is one graph (node task)")
         result = train(task, config)
     finally:
         if config.distributed:
             distributed.teardown()
-    if not distributed.is_main():
+    if not main_rank:
         return 0
     out_dir = Path(config.out_dir)
     append_jsonl(out_dir / "results.jsonl", result)

@@ -3,13 +3,15 @@ DDP wrapping; rank 0 alone logs and writes checkpoints and results."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
-__all__ = ["setup", "teardown", "is_main", "world_size", "train_sampler", "wrap"]
+__all__ = ["setup", "teardown", "is_main", "world_size", "main_first", "train_sampler", "wrap"]
+
+T = TypeVar("T")
 
 
 def setup(device: str) -> str:
@@ -46,6 +48,19 @@ def is_main() -> bool:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def main_first(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` on rank 0 first, then on the other ranks (e.g. so that only rank 0 processes and
+    writes a dataset, which the others then read); just the call when not distributed."""
+    if not dist.is_initialized():
+        return function(*args)
+    if not is_main():
+        dist.barrier()
+    result = function(*args)
+    if is_main():
+        dist.barrier()
+    return result
 
 
 def train_sampler(dataset: Dataset, seed: int, epoch: int) -> DistributedSampler | None:

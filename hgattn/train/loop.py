@@ -153,6 +153,7 @@ def summarize_run(task: Task, config: TrainConfig, model: torch.nn.Module,
         "seconds_per_epoch": sum(record["train_seconds"] for record in history) / len(history),
         "peak_bytes": max(peaks) if peaks else None,
         "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "world_size": distributed.world_size(),
         "config": config.to_dict(), "history": history,
     }
 
