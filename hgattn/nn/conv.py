@@ -40,8 +40,10 @@ class HSAConv(MessagePassing):
     :math:`\tau(B)` of ``B``'s parent).
 
     Family attention runs through :meth:`propagate` over the sibling edges ``S -> B``
-    (:func:`sibling_edge_index`). The default (fused) path calls the exact linear-time operator
-    :func:`hgattn.hsa` in :meth:`message_and_aggregate`. When messages are observed (explain mode, message
+    (:func:`~hgattn.nn.attention.sibling_edge_index`). The default (fused) path calls the exact linear-time
+    operator :func:`hgattn.hsa` in :meth:`message_and_aggregate` (PyG fuses it for a column-sorted
+    :class:`~torch_geometric.EdgeIndex`; under :func:`torch.compile` the layer calls it directly, since dynamo
+    cannot guard that tensor subclass across a graph break). When messages are observed (explain mode, message
     hooks such as :class:`torch_geometric.explain.AttentionExplainer`'s) or attention dropout is active, the
     layer sends the message :math:`\alpha_{BS}\, n(S)\, \bar{\mathbf{v}}_S` along every sibling edge, with
     :math:`\alpha_{BS}` (``alpha``, ``[P, H]``, from :func:`hgattn.hsa_attention`) the
@@ -204,6 +206,8 @@ class HSAConv(MessagePassing):
             out = self.propagate(sibling_edge_index(hierarchy), query=query, key=key, value=value, pos=pos_emb,
                                  hierarchy=hierarchy, value_sum=leaf_sums(value, hierarchy), alpha=alpha,
                                  self_weight=attention.self_weight, size=size)
+        elif torch.compiler.is_compiling():
+            out = self.message_and_aggregate(sibling_edge_index(hierarchy), query, key, value, pos_emb, hierarchy)
         else:
             edge_index = EdgeIndex(sibling_edge_index(hierarchy), sparse_size=size, sort_order="col")
             out = self.propagate(edge_index, query=query, key=key, value=value, pos=pos_emb,
