@@ -348,7 +348,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--nodes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--nodes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--avg-degree", type=float, default=7.0)
     parser.add_argument("--channels", type=int, default=128)
