@@ -7,6 +7,7 @@ next to the GCN's neighbourhood messages. Public Planetoid split, test accuracy 
     python examples/add_hsa_to_a_gnn.py                      # downloads Cora through PyG
     python examples/add_hsa_to_a_gnn.py --source ../shared/data/planetoid/Cora/raw --quick
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,13 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     epochs = 5 if args.quick else args.epochs
     num_features, num_classes = data["node"].x.size(1), int(data["node"].y.max()) + 1
     print(f"Cora: {hierarchy}")
-    builders = (lambda: GCN(num_features, 64, num_classes),
-                lambda: GCNWithHSA(num_features, 64, num_classes, pos.size(1)))
+    builders = (
+        lambda: GCN(num_features, 64, num_classes),
+        lambda: GCNWithHSA(num_features, 64, num_classes, pos.size(1)),
+    )
     for build in builders:
         torch.manual_seed(0)
         model = build()
-        print(f"{type(model).__name__}: test accuracy {fit(model, data, hierarchy, pos, epochs):.3f} "
-              f"after {epochs} epochs")
+        print(
+            f"{type(model).__name__}: test accuracy {fit(model, data, hierarchy, pos, epochs):.3f} "
+            f"after {epochs} epochs"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ citation graph's cluster tree, Laplacian positions per family) against PyG's GPS
 
 The same comparison, with checkpoints, seeds and tables: ``hgattn train --task cora --model gps-hsa``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,15 @@ def main(argv: list[str] | None = None) -> None:
     epochs = 3 if args.quick else args.epochs
     for attention in ("hsa", "dense"):
         torch.manual_seed(0)
-        model = NodeGPS(node.x.size(1), 64, int(node.y.max()) + 1, attention, heads=4,
-                        pos_channels=node.pos.size(1), dropout=0.5)
+        model = NodeGPS(
+            node.x.size(1),
+            64,
+            int(node.y.max()) + 1,
+            attention,
+            heads=4,
+            pos_channels=node.pos.size(1),
+            dropout=0.5,
+        )
         optimizer = torch.optim.Adam(model.parameters(), lr=5e-3, weight_decay=5e-4)
         best_valid, best_test, began = -1.0, 0.0, time.perf_counter()
         for _ in range(epochs):
@@ -42,12 +50,16 @@ def main(argv: list[str] | None = None) -> None:
             model.eval()
             with torch.no_grad():
                 pred = model(data).argmax(-1)
-            valid, test = [float((pred[m] == node.y[m]).float().mean()) for m in (node.val_mask, node.test_mask)]
+            valid, test = [
+                float((pred[m] == node.y[m]).float().mean()) for m in (node.val_mask, node.test_mask)
+            ]
             if valid > best_valid:
                 best_valid, best_test = valid, test
         seconds = (time.perf_counter() - began) / epochs
-        print(f"GCN + {attention} attention: test accuracy {best_test:.3f} (best validation {best_valid:.3f}), "
-              f"{seconds:.2f} s per epoch (training and evaluation), {epochs} epochs")
+        print(
+            f"GCN + {attention} attention: test accuracy {best_test:.3f} (best validation {best_valid:.3f}), "
+            f"{seconds:.2f} s per epoch (training and evaluation), {epochs} epochs"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ pass its folder as ``--source`` or in ``$EMOJI_DATASOURCE_GOOGLE``).
     python examples/one_tree_over_mixed_modalities.py --source node_modules/emoji-datasource-google
     python examples/one_tree_over_mixed_modalities.py --source ... --quick     # 60 emoji, 1 epoch
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,13 @@ class EmojiClassifier(torch.nn.Module):
     def __init__(self, metadata, patch_features: int, pos_channels: int, channels: int = 64) -> None:
         super().__init__()
         self.embedding = torch.nn.Embedding.from_pretrained(TextHierarchy().embedding_table)
-        self.block = HTEBlock({"patch": patch_features, "token": self.embedding.embedding_dim}, channels, metadata,
-                              heads=4, pos_channels=pos_channels)
+        self.block = HTEBlock(
+            {"patch": patch_features, "token": self.embedding.embedding_dim},
+            channels,
+            metadata,
+            heads=4,
+            pos_channels=pos_channels,
+        )
         self.head = torch.nn.Linear(channels, len(EMOJI_CATEGORIES))
 
     def forward(self, batch) -> torch.Tensor:
@@ -53,8 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     dataset = Emoji(args.root, source=args.source, limit=60 if args.quick else args.limit)
     sample = dataset[0]
-    print(f"{dataset}: one item is {sample.node_types} with {sample['patch'].num_nodes} patches and "
-          f"{sample['token'].num_nodes} tokens")
+    print(
+        f"{dataset}: one item is {sample.node_types} with {sample['patch'].num_nodes} patches and "
+        f"{sample['token'].num_nodes} tokens"
+    )
     pos_channels = max(sample[nt].pos.size(1) for nt in sample.node_types if "pos" in sample[nt])
     torch.manual_seed(0)
     model = EmojiClassifier(sample.metadata(), sample["patch"].x.size(1), pos_channels)

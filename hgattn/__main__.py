@@ -1,4 +1,5 @@
 """``python -m hgattn``: the ``hgattn`` command line."""
+
 import sys
 
 from .cli import main

@@ -1,4 +1,5 @@
 """The ``hgattn`` command line: ``demo``, ``train`` and ``bench`` (also ``python -m hgattn``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,18 @@ from typing import Any, Sequence
 
 __all__ = ["main", "build_parser", "train_config", "DEMO_DEFAULTS", "QUICK_DEMO", "BENCH_SCRIPTS"]
 
-#: Settings of ``hgattn demo``: the first 100 articles of each topic (500 of 2,225), 5 seeds, 5 epochs, width 32,
-#: sized to finish in under 10 minutes on 2 CPU cores, data processing included.
-DEMO_DEFAULTS: dict[str, Any] = {"articles_per_topic": 100, "epochs": 5, "hidden": 32, "heads": 2, "batch_size": 16,
-                                 "lr": 3e-3, "dropout": 0.1, "seeds": 5}
+#: Settings of ``hgattn demo``: the first 100 articles of each topic (500 of 2,225), 5 seeds, 5 epochs,
+#: width 32, sized to finish in under 10 minutes on 2 CPU cores, data processing included.
+DEMO_DEFAULTS: dict[str, Any] = {
+    "articles_per_topic": 100,
+    "epochs": 5,
+    "hidden": 32,
+    "heads": 2,
+    "batch_size": 16,
+    "lr": 3e-3,
+    "dropout": 0.1,
+    "seeds": 5,
+}
 #: Settings of ``hgattn demo --quick``: 8 articles per topic, 2 seeds, 2 epochs.
 QUICK_DEMO: dict[str, Any] = {"epochs": 2, "hidden": 32, "heads": 2, "seeds": 2, "articles_per_topic": 8}
 BENCH_SCRIPTS = ("bench_hsa.py", "bench_layers.py")
@@ -41,33 +50,66 @@ _CONFIG_FLAGS: dict[str, dict[str, Any]] = {
 def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     """Flags for TrainConfig fields; absent flags stay out of the namespace (so YAML values survive)."""
     for name in names:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                            **_CONFIG_FLAGS[name])
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, **_CONFIG_FLAGS[name]
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``hgattn`` argument parser with its ``demo``, ``train`` and ``bench`` sub-commands."""
-    parser = argparse.ArgumentParser(prog="hgattn", description="Hierarchical Self-Attention: train, compare and "
-                                     "benchmark HSA against flat attention on real tasks.")
+    parser = argparse.ArgumentParser(
+        prog="hgattn",
+        description="Hierarchical Self-Attention: train, compare and "
+        "benchmark HSA against flat attention on real tasks.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="BBC News: HSA vs flat softmax attention (FSA) vs DeepSet over seeds")
-    _add_config_flags(demo, ["epochs", "hidden", "heads", "batch_size", "lr", "dropout", "out_dir", "data_root",
-                             "articles_per_topic", "device"])
+    demo = commands.add_parser(
+        "demo", help="BBC News: HSA vs flat softmax attention (FSA) vs DeepSet over seeds"
+    )
+    _add_config_flags(
+        demo,
+        [
+            "epochs",
+            "hidden",
+            "heads",
+            "batch_size",
+            "lr",
+            "dropout",
+            "out_dir",
+            "data_root",
+            "articles_per_topic",
+            "device",
+        ],
+    )
     demo.add_argument("--seeds", type=int, default=argparse.SUPPRESS, help="number of seeds (default 5)")
-    demo.add_argument("--models", nargs="+", choices=["hsa", "fsa", "deepset"], default=["hsa", "fsa", "deepset"])
-    demo.add_argument("--all-articles", action="store_true", help="all 2,225 articles (default: 100 per topic)")
-    demo.add_argument("--quick", action="store_true", help="smoke run: 8 articles per topic, 2 seeds, 2 epochs")
+    demo.add_argument(
+        "--models", nargs="+", choices=["hsa", "fsa", "deepset"], default=["hsa", "fsa", "deepset"]
+    )
+    demo.add_argument(
+        "--all-articles", action="store_true", help="all 2,225 articles (default: 100 per topic)"
+    )
+    demo.add_argument(
+        "--quick", action="store_true", help="smoke run: 8 articles per topic, 2 seeds, 2 epochs"
+    )
     demo.add_argument("--resume", action="store_true", help="continue every run from its checkpoint")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
     train = commands.add_parser("train", help="train one model on one task (checkpoints, resume, results)")
     train.add_argument("--config", help="YAML file of options (flags given on the command line win)")
     _add_config_flags(train, list(_CONFIG_FLAGS))
-    train.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
-                       help="continue from the run's checkpoint (its last finished epoch)")
-    train.add_argument("--distributed", action="store_true", default=argparse.SUPPRESS,
-                       help="data-parallel over torchrun's processes (gloo on CPU, NCCL on CUDA)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="continue from the run's checkpoint (its last finished epoch)",
+    )
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="data-parallel over torchrun's processes (gloo on CPU, NCCL on CUDA)",
+    )
     train.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS)
     train.add_argument("--list", action="store_true", help="list the tasks and their models, then exit")
 
@@ -112,7 +154,9 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         task = distributed.main_first(load_task, config)
         if config.distributed and task.kind == "node":
-            raise ValueError(f"--distributed splits graphs over processes; {config.task} is one graph (node task)")
+            raise ValueError(
+                f"--distributed splits graphs over processes; {config.task} is one graph (node task)"
+            )
         result = train(task, config)
     finally:
         if config.distributed:
@@ -125,8 +169,10 @@ def run_train(args: argparse.Namespace) -> int:
     table = markdown_table(summarize(results))
     (out_dir / "summary.md").write_text(table)
     plot_curves(results, task.metric, out_dir / f"curves_{config.task}.png")
-    print(f"{run_name(config)}: best epoch {result['best_epoch']}, "
-          f"test {task.metric} {result[f'test_{task.metric}']:.4f}\n\n{table}")
+    print(
+        f"{run_name(config)}: best epoch {result['best_epoch']}, "
+        f"test {task.metric} {result[f'test_{task.metric}']:.4f}\n\n{table}"
+    )
     return 0
 
 
@@ -145,9 +191,13 @@ def run_demo_command(args: argparse.Namespace) -> int:
     base, seeds = demo_config(args)
     base = replace(base, resume=args.resume, progress=args.progress)
     rows = run_demo(base, seeds, args.models)
-    articles = "all articles" if base.articles_per_topic is None else f"{base.articles_per_topic} articles per topic"
-    print(f"BBC News topic classification ({articles}), {seeds} seed(s), {base.epochs} epoch(s), width "
-          f"{base.hidden}: test metrics as mean ± 95% CI (t-distribution) over seeds\n")
+    articles = (
+        "all articles" if base.articles_per_topic is None else f"{base.articles_per_topic} articles per topic"
+    )
+    print(
+        f"BBC News topic classification ({articles}), {seeds} seed(s), {base.epochs} epoch(s), width "
+        f"{base.hidden}: test metrics as mean ± 95% CI (t-distribution) over seeds\n"
+    )
     print(markdown_table(rows))
     print(f"results, table and plots in {base.out_dir}/")
     return 0
@@ -161,8 +211,10 @@ def benchmarks_dir() -> Path:
     """
     folder = Path(__file__).resolve().parents[1] / "benchmarks"
     if not (folder / BENCH_SCRIPTS[0]).is_file():
-        raise FileNotFoundError(f"no benchmarks folder at {folder}: `hgattn bench` runs the repository's "
-                                "benchmarks/ scripts; clone the repository and install it with `pip install -e .`")
+        raise FileNotFoundError(
+            f"no benchmarks folder at {folder}: `hgattn bench` runs the repository's "
+            "benchmarks/ scripts; clone the repository and install it with `pip install -e .`"
+        )
     return folder
 
 

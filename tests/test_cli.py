@@ -1,4 +1,5 @@
 """The ``hgattn`` command line: parsing, configs, the quick demo on real BBC News articles, bench, errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -28,7 +29,13 @@ def test_train_flags_override_yaml(tmp_path) -> None:
     path.write_text("task: cora\nmodel: gps-hsa\nepochs: 50\nlr: 0.01\n")
     args = cli.build_parser().parse_args(["train", "--config", str(path), "--epochs", "3", "--resume"])
     config = cli.train_config(args)
-    assert (config.task, config.model, config.epochs, config.lr, config.resume) == ("cora", "gps-hsa", 3, 0.01, True)
+    assert (config.task, config.model, config.epochs, config.lr, config.resume) == (
+        "cora",
+        "gps-hsa",
+        3,
+        0.01,
+        True,
+    )
     assert config.batch_size == 32  # default kept
 
 
@@ -71,21 +78,37 @@ def test_bench_passes_flags_through(monkeypatch, tmp_path) -> None:
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda command: calls.append(command) or 0)
     assert cli.main(["bench", "--quick", "--out-dir", str(tmp_path), "--only", "bench_hsa.py"]) == 0
-    assert calls == [[sys.executable, str(REPO / "benchmarks" / "bench_hsa.py"), "--out-dir", str(tmp_path),
-                      "--quick"]]
+    assert calls == [
+        [sys.executable, str(REPO / "benchmarks" / "bench_hsa.py"), "--out-dir", str(tmp_path), "--quick"]
+    ]
 
 
 def test_quick_demo_on_real_bbc_news(tmp_path, capsys) -> None:
     _needs_bbc()
     out_dir = tmp_path / "demo"
-    code = cli.main(["demo", "--quick", "--seeds", "2", "--epochs", "1",
-                     "--out-dir", str(out_dir), "--data-root", str(tmp_path / "data"), "--no-progress"])
+    code = cli.main(
+        [
+            "demo",
+            "--quick",
+            "--seeds",
+            "2",
+            "--epochs",
+            "1",
+            "--out-dir",
+            str(out_dir),
+            "--data-root",
+            str(tmp_path / "data"),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     for model in ("hsa", "fsa", "deepset"):
         assert f"| bbc-news | {model} | 2 | 1 |" in printed
     results = read_jsonl(out_dir / "results.jsonl")
-    assert [(r["model"], r["seed"]) for r in results] == [(m, s) for m in ("hsa", "fsa", "deepset") for s in (0, 1)]
+    assert [(r["model"], r["seed"]) for r in results] == [
+        (m, s) for m in ("hsa", "fsa", "deepset") for s in (0, 1)
+    ]
     assert all(0 <= r["test_accuracy"] <= 1 and len(r["history"]) == 1 for r in results)
     assert (out_dir / "summary.md").read_text() in printed
     assert (out_dir / "curves.png").stat().st_size > 0
@@ -94,8 +117,22 @@ def test_quick_demo_on_real_bbc_news(tmp_path, capsys) -> None:
 @pytest.mark.skipif(not PLANETOID.is_dir(), reason="needs the real Planetoid files in ../shared/data")
 def test_train_cora_then_resume(tmp_path, capsys) -> None:
     pytest.importorskip("pymetis")
-    common = ["train", "--task", "cora", "--model", "gcn", "--out-dir", str(tmp_path / "runs"), "--data-root",
-              str(tmp_path / "data"), "--source", str(PLANETOID), "--no-progress", "--hidden", "16"]
+    common = [
+        "train",
+        "--task",
+        "cora",
+        "--model",
+        "gcn",
+        "--out-dir",
+        str(tmp_path / "runs"),
+        "--data-root",
+        str(tmp_path / "data"),
+        "--source",
+        str(PLANETOID),
+        "--no-progress",
+        "--hidden",
+        "16",
+    ]
     assert cli.main([*common, "--epochs", "2"]) == 0
     assert cli.main([*common, "--epochs", "3", "--resume"]) == 0
     results = read_jsonl(tmp_path / "runs" / "results.jsonl")
@@ -107,14 +144,30 @@ def test_train_cora_then_resume(tmp_path, capsys) -> None:
 
 def test_demo_with_an_empty_split_fails_clearly(tmp_path, capsys) -> None:
     _needs_bbc()
-    code = cli.main(["demo", "--quick", "--articles-per-topic", "3", "--out-dir", str(tmp_path / "demo"),
-                     "--data-root", str(tmp_path / "data"), "--no-progress"])
+    code = cli.main(
+        [
+            "demo",
+            "--quick",
+            "--articles-per-topic",
+            "3",
+            "--out-dir",
+            str(tmp_path / "demo"),
+            "--data-root",
+            str(tmp_path / "data"),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "split part(s) ['test'] are empty with articles_per_topic=3" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_python_dash_m(tmp_path) -> None:
-    done = subprocess.run([sys.executable, "-m", "hgattn", "train", "--list"], capture_output=True, text=True,
-                          cwd=tmp_path, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "hgattn", "train", "--list"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
     assert "citeseer" in done.stdout

@@ -1,4 +1,5 @@
 """Data-parallel training with torch.distributed (gloo on CPU), launched by torchrun."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,10 +29,36 @@ def test_torchrun_two_processes_gloo(tmp_path) -> None:
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"BBC News needs {package}")
     out_dir = tmp_path / "runs"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-               "-m", "hgattn", "train", "--task", "bbc-news", "--model", "hsa", "--articles-per-topic", "8",
-               "--epochs", "2", "--hidden", "16", "--heads", "2", "--batch-size", "4", "--distributed",
-               "--no-progress", "--out-dir", str(out_dir), "--data-root", str(tmp_path / "data")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "hgattn",
+        "train",
+        "--task",
+        "bbc-news",
+        "--model",
+        "hsa",
+        "--articles-per-topic",
+        "8",
+        "--epochs",
+        "2",
+        "--hidden",
+        "16",
+        "--heads",
+        "2",
+        "--batch-size",
+        "4",
+        "--distributed",
+        "--no-progress",
+        "--out-dir",
+        str(out_dir),
+        "--data-root",
+        str(tmp_path / "data"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

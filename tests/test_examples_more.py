@@ -1,4 +1,5 @@
 """The example scripts run end to end in their --quick mode on the real data available."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,7 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORA = REPO.parent / "shared" / "data" / "planetoid" / "Cora" / "raw"
-EMOJI_CANDIDATES = [Path(os.environ["EMOJI_DATASOURCE_GOOGLE"])] if os.environ.get("EMOJI_DATASOURCE_GOOGLE") else []
+EMOJI_CANDIDATES = (
+    [Path(os.environ["EMOJI_DATASOURCE_GOOGLE"])] if os.environ.get("EMOJI_DATASOURCE_GOOGLE") else []
+)
 EMOJI_CANDIDATES += [REPO.parent / "npm" / "node_modules" / "emoji-datasource-google"]
 
 
@@ -39,7 +42,9 @@ def test_add_hsa_to_a_gnn(monkeypatch, tmp_path, capsys) -> None:
 @pytest.mark.skipif(not CORA.is_dir(), reason="needs the real Cora files in ../shared/data/planetoid")
 def test_graph_transformer_on_cora(monkeypatch, tmp_path, capsys) -> None:
     _needs("pymetis")
-    _run(monkeypatch, "graph_transformer_on_cora.py", "--quick", "--source", str(CORA), "--root", str(tmp_path))
+    _run(
+        monkeypatch, "graph_transformer_on_cora.py", "--quick", "--source", str(CORA), "--root", str(tmp_path)
+    )
     out = capsys.readouterr().out
     assert "GCN + hsa attention: test accuracy" in out and "GCN + dense attention: test accuracy" in out
 
@@ -56,7 +61,14 @@ def test_one_tree_over_mixed_modalities(monkeypatch, tmp_path, capsys) -> None:
     source = next((p for p in EMOJI_CANDIDATES if (p / "emoji.json").is_file()), None)
     if source is None:
         pytest.skip("needs the npm package emoji-datasource-google")
-    _run(monkeypatch, "one_tree_over_mixed_modalities.py", "--quick", "--source", str(source), "--root",
-         str(tmp_path))
+    _run(
+        monkeypatch,
+        "one_tree_over_mixed_modalities.py",
+        "--quick",
+        "--source",
+        str(source),
+        "--root",
+        str(tmp_path),
+    )
     out = capsys.readouterr().out
     assert "Emoji(60)" in out and "epoch 1: test accuracy" in out

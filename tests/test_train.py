@@ -1,4 +1,5 @@
 """hgattn.train: metrics, confidence intervals, checkpoints, configs, the flat (FSA) kernel, exact resume."""
+
 from __future__ import annotations
 
 import math
@@ -29,10 +30,15 @@ def test_accuracy_and_macro_f1_match_sklearn() -> None:
     generator = torch.Generator().manual_seed(0)
     for num_classes in (2, 5):
         target = torch.randint(num_classes, (200,), generator=generator)
-        pred = torch.where(torch.rand(200, generator=generator) < 0.6, target,
-                           torch.randint(num_classes, (200,), generator=generator))
+        pred = torch.where(
+            torch.rand(200, generator=generator) < 0.6,
+            target,
+            torch.randint(num_classes, (200,), generator=generator),
+        )
         assert accuracy(pred, target) == pytest.approx(metrics.accuracy_score(target, pred))
-        assert macro_f1(pred, target, num_classes) == pytest.approx(metrics.f1_score(target, pred, average="macro"))
+        assert macro_f1(pred, target, num_classes) == pytest.approx(
+            metrics.f1_score(target, pred, average="macro")
+        )
     target, pred = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 2, 1, 1])  # class 2 predicted, never true
     assert macro_f1(pred, target, 3) == pytest.approx(metrics.f1_score(target, pred, average="macro"))
 
@@ -57,9 +63,18 @@ def test_confidence_interval_matches_scipy() -> None:
 
 
 def test_summary_table() -> None:
-    runs = [{"task": "t", "model": m, "seed": s, "test_accuracy": a, "seconds_per_epoch": 2.0,
-             "peak_bytes": 2 ** 20 * (10 + s), "epochs": 3} for m, s, a in
-            [("hsa", 0, 0.8), ("hsa", 1, 0.9), ("fsa", 0, 0.7)]]
+    runs = [
+        {
+            "task": "t",
+            "model": m,
+            "seed": s,
+            "test_accuracy": a,
+            "seconds_per_epoch": 2.0,
+            "peak_bytes": 2**20 * (10 + s),
+            "epochs": 3,
+        }
+        for m, s, a in [("hsa", 0, 0.8), ("hsa", 1, 0.9), ("fsa", 0, 0.7)]
+    ]
     rows = summarize(runs)
     assert [(r["model"], r["seeds"]) for r in rows] == [("hsa", 2), ("fsa", 1)]
     assert rows[0]["test_accuracy"][0] == pytest.approx(0.85)
@@ -104,8 +119,9 @@ def test_yaml_config(tmp_path) -> None:
         load_yaml_config(path)
 
 
-@pytest.mark.parametrize("bad", [{"epochs": 0}, {"lr": 0.0}, {"dropout": 1.0}, {"hidden": 30, "heads": 4},
-                                 {"max_graphs": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"epochs": 0}, {"lr": 0.0}, {"dropout": 1.0}, {"hidden": 30, "heads": 4}, {"max_graphs": 0}]
+)
 def test_config_validation(bad) -> None:
     with pytest.raises(ValueError):
         TrainConfig(**bad)
@@ -132,8 +148,9 @@ def test_flat_softmax_equals_hsa_on_one_level_trees(include_self: bool, with_pos
     q, k, v = (torch.randn(hierarchy.num_leaves, 2, 4, dtype=torch.float64) for _ in range(3))
     pos = torch.randn(hierarchy.num_nodes, 2, 4, dtype=torch.float64) if with_pos else None
     expected = hgattn.hsa(q, k, v, hierarchy, pos=pos, include_self=include_self)
-    out = flat_softmax_attention(q, k, v, hierarchy.batch, pos[hierarchy.leaf_node] if with_pos else None,
-                                 include_self)
+    out = flat_softmax_attention(
+        q, k, v, hierarchy.batch, pos[hierarchy.leaf_node] if with_pos else None, include_self
+    )
     torch.testing.assert_close(out, expected)
 
 
@@ -147,14 +164,17 @@ def _text_forest(sizes: list[int], levels: int, num_classes: int = 3, seed: int 
         data["token"].pos = torch.randn(size, 4, generator=generator)
         data["document"].num_nodes, data["document"].pos = 1, torch.zeros(1, 4)
         if levels == 1:
-            data["token", "in", "document"].edge_index = torch.stack([torch.arange(size), torch.zeros(size).long()])
+            data["token", "in", "document"].edge_index = torch.stack(
+                [torch.arange(size), torch.zeros(size).long()]
+            )
         else:
             chunk = torch.arange(size) // 3
             data["chunk"].num_nodes = int(chunk.max()) + 1
             data["chunk"].pos = torch.randn(data["chunk"].num_nodes, 4, generator=generator)
             data["token", "in", "chunk"].edge_index = torch.stack([torch.arange(size), chunk])
             data["chunk", "in", "document"].edge_index = torch.stack(
-                [torch.arange(data["chunk"].num_nodes), torch.zeros(data["chunk"].num_nodes).long()])
+                [torch.arange(data["chunk"].num_nodes), torch.zeros(data["chunk"].num_nodes).long()]
+            )
         data.y = torch.randint(num_classes, (1,), generator=generator)
         trees.append(data)
     return trees
@@ -195,24 +215,44 @@ def _toy_task(model: str) -> Task:
     metadata = trees[0].metadata()
 
     def build(name: str, cfg: TrainConfig) -> torch.nn.Module:
-        return TreeClassifier(6, cfg.hidden, 3, metadata, "token", heads=cfg.heads, pos_channels=4,
-                              attention=name != "deepset", flat=name == "fsa", dropout=cfg.dropout)
+        return TreeClassifier(
+            6,
+            cfg.hidden,
+            3,
+            metadata,
+            "token",
+            heads=cfg.heads,
+            pos_channels=4,
+            attention=name != "deepset",
+            flat=name == "fsa",
+            dropout=cfg.dropout,
+        )
 
-    return Task("toy", "graph", "cross_entropy", "accuracy", 3, build, classification_metrics(3),
-                splits={"train": trees[:8], "valid": trees[8:10], "test": trees[10:]})
+    return Task(
+        "toy",
+        "graph",
+        "cross_entropy",
+        "accuracy",
+        3,
+        build,
+        classification_metrics(3),
+        splits={"train": trees[:8], "valid": trees[8:10], "test": trees[10:]},
+    )
 
 
 @pytest.mark.parametrize("model", ["hsa", "fsa", "deepset"])
 def test_resume_equals_uninterrupted_run(tmp_path, model: str) -> None:
     task = _toy_task(model)
-    base = TrainConfig(task="toy", model=model, hidden=8, heads=2, batch_size=3, dropout=0.3, lr=1e-2,
-                       progress=False)
+    base = TrainConfig(
+        task="toy", model=model, hidden=8, heads=2, batch_size=3, dropout=0.3, lr=1e-2, progress=False
+    )
     straight = train(task, replace(base, epochs=4, out_dir=str(tmp_path / "a")))
     train(task, replace(base, epochs=2, out_dir=str(tmp_path / "b")))  # interrupted after epoch 2
     resumed = train(task, replace(base, epochs=4, out_dir=str(tmp_path / "b"), resume=True))
     drop = ("train_seconds", "peak_bytes")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed["history"]] == \
-        [{k: v for k, v in r.items() if k not in drop} for r in straight["history"]]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed["history"]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in straight["history"]
+    ]
     states = [load_checkpoint(tmp_path / d / run_name(base) / CHECKPOINT_NAME) for d in ("a", "b")]
     assert states[0]["epoch"] == states[1]["epoch"] == 4
     for key, value in states[0]["model"].items():
@@ -220,10 +260,26 @@ def test_resume_equals_uninterrupted_run(tmp_path, model: str) -> None:
 
 
 def test_train_result_record(tmp_path) -> None:
-    result = train(_toy_task("hsa"), TrainConfig(task="toy", model="hsa", epochs=2, hidden=8, heads=2,
-                                                 out_dir=str(tmp_path), progress=False))
+    result = train(
+        _toy_task("hsa"),
+        TrainConfig(
+            task="toy", model="hsa", epochs=2, hidden=8, heads=2, out_dir=str(tmp_path), progress=False
+        ),
+    )
     assert result["epochs"] == 2 and len(result["history"]) == 2
     assert result["best_epoch"] in (1, 2) and 0 <= result["test_accuracy"] <= 1
     assert result["parameters"] > 0 and result["seconds_per_epoch"] > 0
     if os.path.exists("/proc/self/clear_refs"):
         assert result["peak_bytes"] is not None
+
+
+def test_subsample_splits() -> None:
+    from hgattn.train.tasks import subsample_splits
+
+    split = {"train": torch.arange(0, 80), "valid": torch.arange(80, 90), "test": torch.arange(90, 100)}
+    small = subsample_splits(split, 0.25)
+    assert [small[k].numel() for k in split] == [20, 3, 3]
+    for key in split:
+        assert bool(torch.isin(small[key], split[key]).all()) and bool((small[key].diff() > 0).all())
+    assert all(torch.equal(a, b) for a, b in zip(small.values(), subsample_splits(split, 0.25).values()))
+    assert all(torch.equal(subsample_splits(split, 2.0)[k], split[k]) for k in split)

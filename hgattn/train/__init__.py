@@ -1,8 +1,20 @@
 """Training and evaluation on real tasks: task registry, models, loop with checkpoints, metrics, results."""
+
 from .config import TrainConfig, load_yaml_config
 from .demo import DEMO_MODELS, run_demo
 from .loop import run_name, train
 from .tasks import TASKS, Task, load_task, model_names, task_names
 
-__all__ = ["TrainConfig", "load_yaml_config", "train", "Task", "TASKS", "load_task", "task_names", "model_names",
-           "run_demo", "DEMO_MODELS", "run_name"]
+__all__ = [
+    "TrainConfig",
+    "load_yaml_config",
+    "train",
+    "Task",
+    "TASKS",
+    "load_task",
+    "task_names",
+    "model_names",
+    "run_demo",
+    "DEMO_MODELS",
+    "run_name",
+]

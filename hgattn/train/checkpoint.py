@@ -1,4 +1,5 @@
 """Checkpoints written atomically, with every random state needed to resume a run exactly."""
+
 from __future__ import annotations
 
 import os

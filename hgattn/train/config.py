@@ -1,4 +1,5 @@
 """Run configuration: defaults, YAML files, validation."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -65,8 +66,9 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no config file {path}")
     loaded = yaml.safe_load(path.read_text()) or {}
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: a config must be a mapping of option names to values, got "
-                         f"{type(loaded).__name__}")
+        raise ValueError(
+            f"{path}: a config must be a mapping of option names to values, got {type(loaded).__name__}"
+        )
     config = {str(key).replace("-", "_"): value for key, value in loaded.items()}
     unknown = sorted(set(config) - set(TrainConfig.field_names()))
     if unknown:

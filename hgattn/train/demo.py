@@ -1,4 +1,5 @@
 """``hgattn demo``: BBC News topic classification, HSA against FSA and DeepSet over several seeds."""
+
 from __future__ import annotations
 
 import sys
@@ -32,14 +33,18 @@ def run_demo(base: TrainConfig, seeds: int, models: Sequence[str] = DEMO_MODELS)
     for model in models:
         began = time.perf_counter()
         task = load_task(replace(base, model=model))
-        _log(f"{model}: data ready in {time.perf_counter() - began:.1f} s "
-             f"({', '.join(f'{k} {len(v)}' for k, v in task.splits.items())} articles)")
+        _log(
+            f"{model}: data ready in {time.perf_counter() - began:.1f} s "
+            f"({', '.join(f'{k} {len(v)}' for k, v in task.splits.items())} articles)"
+        )
         for seed in range(seeds):
             result = train(task, replace(base, model=model, seed=seed, out_dir=str(out_dir / "runs")))
             results.append(result)
             append_jsonl(results_path, result)
-            _log(f"{model} seed {seed}: test accuracy {result['test_accuracy']:.4f}, "
-                 f"macro-F1 {result['test_macro_f1']:.4f}, {result['seconds_per_epoch']:.2f} s/epoch")
+            _log(
+                f"{model} seed {seed}: test accuracy {result['test_accuracy']:.4f}, "
+                f"macro-F1 {result['test_macro_f1']:.4f}, {result['seconds_per_epoch']:.2f} s/epoch"
+            )
     rows = summarize(results)
     (out_dir / "summary.md").write_text(markdown_table(rows))
     plot_curves(results, "accuracy", out_dir / "curves.png")

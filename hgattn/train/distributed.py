@@ -1,5 +1,6 @@
 """``torch.distributed`` data-parallel training (launched by ``torchrun``): process group set-up, samplers,
 DDP wrapping; rank 0 alone logs and writes checkpoints and results."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,10 @@ def setup(device: str) -> str:
         ValueError: outside ``torchrun`` (no ``RANK``/``WORLD_SIZE`` in the environment).
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise ValueError("--distributed needs torchrun (e.g. torchrun --nproc_per_node=2 -m hgattn train ... "
-                         "--distributed): RANK and WORLD_SIZE are not set")
+        raise ValueError(
+            "--distributed needs torchrun (e.g. torchrun --nproc_per_node=2 -m hgattn train ... "
+            "--distributed): RANK and WORLD_SIZE are not set"
+        )
     cuda = torch.device(device).type == "cuda"
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))

@@ -5,6 +5,7 @@ section 4, "flat tree = softmax"). ``hgattn.hsa`` handles such wide families thr
 blocks, which is slow for families of hundreds of leaves; :class:`FlatSoftmaxConv` computes the same values
 with ``scaled_dot_product_attention`` tree by tree.
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,14 @@ from ..nn import HSAConv
 __all__ = ["flat_softmax_attention", "FlatSoftmaxConv"]
 
 
-def flat_softmax_attention(query: Tensor, key: Tensor, value: Tensor, batch: Tensor, pos: Tensor | None = None,
-                           include_self: bool = False) -> Tensor:
+def flat_softmax_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    batch: Tensor,
+    pos: Tensor | None = None,
+    include_self: bool = False,
+) -> Tensor:
     r"""Softmax attention among the leaves of each tree, logits :math:`\mathbf{q}_i^\top \mathbf{k}_j /
     \sqrt{d} + \langle \mathbf{p}_i, \mathbf{p}_j \rangle` over :math:`j \neq i` (all :math:`j` with
     ``include_self``); a leaf with no target gets zeros.
@@ -32,15 +39,20 @@ def flat_softmax_attention(query: Tensor, key: Tensor, value: Tensor, batch: Ten
         ``[N, H, d]``.
     """
     if query.dim() != 3 or query.shape != key.shape or query.shape[:2] != value.shape[:2]:
-        raise ValueError(f"query/key must be [N, H, d] and value [N, H, d_v], got {list(query.shape)}, "
-                         f"{list(key.shape)}, {list(value.shape)}")
+        raise ValueError(
+            f"query/key must be [N, H, d] and value [N, H, d_v], got {list(query.shape)}, "
+            f"{list(key.shape)}, {list(value.shape)}"
+        )
     q = query * query.size(-1) ** -0.5
     k = key
     if pos is not None:
         q, k = torch.cat([q, pos], dim=-1), torch.cat([k, pos], dim=-1)
     sizes = torch.bincount(batch).tolist()
-    outs = [_tree_attention(*parts, include_self)
-            for parts in zip(q.split(sizes), k.split(sizes), value.split(sizes)) if parts[0].size(0)]
+    outs = [
+        _tree_attention(*parts, include_self)
+        for parts in zip(q.split(sizes), k.split(sizes), value.split(sizes))
+        if parts[0].size(0)
+    ]
     return torch.cat(outs)
 
 
@@ -50,8 +62,9 @@ def _tree_attention(q: Tensor, k: Tensor, v: Tensor, include_self: bool) -> Tens
     if n == 1 and not include_self:
         return torch.zeros_like(v)
     mask = None if include_self else ~torch.eye(n, dtype=torch.bool, device=q.device)
-    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                         attn_mask=mask, scale=1.0)
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask, scale=1.0
+    )
     return out.transpose(0, 1)
 
 
@@ -72,8 +85,13 @@ class FlatSoftmaxConv(HSAConv):
         if self.dropout > 0:
             raise ValueError("FlatSoftmaxConv: attention dropout is not supported, use dropout=0")
 
-    def forward(self, x: Tensor, batch: Tensor, pos: Tensor | None = None,
-                return_attention_weights: bool | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        batch: Tensor,
+        pos: Tensor | None = None,
+        return_attention_weights: bool | None = None,
+    ) -> Tensor:
         if return_attention_weights:
             raise ValueError("FlatSoftmaxConv does not return attention weights")
         if x.dim() != 2 or batch.shape != (x.size(0),):

@@ -1,4 +1,5 @@
 """The training loop: epochs with progress bars, evaluation, a checkpoint after every epoch, exact resume."""
+
 from __future__ import annotations
 
 import json
@@ -46,12 +47,19 @@ def _loader(task: Task, split: str, config: TrainConfig, epoch: int) -> Iterable
         return DataLoader(dataset, batch_size=config.batch_size)
     sampler = distributed.train_sampler(dataset, config.seed, epoch)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                      generator=generator)
+    return DataLoader(
+        dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator
+    )
 
 
-def _train_epoch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                 epoch: int, device: torch.device) -> float:
+def _train_epoch(
+    task: Task,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+) -> float:
     """One epoch of training; returns the mean training loss (over this rank's batches)."""
     model.train()
     if task.kind == "node":
@@ -64,8 +72,13 @@ def _train_epoch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Opti
         return float(loss.detach())
     total, count = 0.0, 0
     batches = _loader(task, "train", config, epoch)
-    for batch in tqdm(batches, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
-                      disable=not (config.progress and distributed.is_main())):
+    for batch in tqdm(
+        batches,
+        desc=f"epoch {epoch}",
+        leave=False,
+        file=sys.stderr,
+        disable=not (config.progress and distributed.is_main()),
+    ):
         batch = batch.to(device)
         optimizer.zero_grad()
         loss = compute_loss(task, model(batch), batch.y)
@@ -76,7 +89,9 @@ def _train_epoch(task: Task, model: torch.nn.Module, optimizer: torch.optim.Opti
 
 
 @torch.no_grad()
-def evaluate(task: Task, model: torch.nn.Module, config: TrainConfig, device: torch.device) -> dict[str, float]:
+def evaluate(
+    task: Task, model: torch.nn.Module, config: TrainConfig, device: torch.device
+) -> dict[str, float]:
     """Metrics on ``valid`` and ``test`` (keys ``valid_<metric>``, ``test_<metric>``)."""
     model.eval()
     results: dict[str, float] = {}
@@ -110,8 +125,9 @@ def train(task: Task, config: TrainConfig) -> dict[str, Any]:
     checkpoint_path = run_dir / CHECKPOINT_NAME
     torch.manual_seed(config.seed)
     model = task.build_model(config.model, config).to(device)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
     history: list[dict[str, Any]] = []
     start = 1
     if config.resume and checkpoint_path.is_file():
@@ -121,40 +137,67 @@ def train(task: Task, config: TrainConfig) -> dict[str, Any]:
         history, start = state["history"], state["epoch"] + 1
         set_rng_state(state["rng"])
     trained = distributed.wrap(model)
-    bar = tqdm(range(start, config.epochs + 1), desc=run_name(config), initial=start - 1, total=config.epochs,
-               file=sys.stderr, disable=not (config.progress and distributed.is_main()))
+    bar = tqdm(
+        range(start, config.epochs + 1),
+        desc=run_name(config),
+        initial=start - 1,
+        total=config.epochs,
+        file=sys.stderr,
+        disable=not (config.progress and distributed.is_main()),
+    )
     for epoch in bar:
         with PeakMemory(device) as memory:
             began = time.perf_counter()
             loss = _train_epoch(task, trained, optimizer, config, epoch, device)
             seconds = time.perf_counter() - began
-        record = {"epoch": epoch, "loss": loss, "train_seconds": seconds, "peak_bytes": memory.peak,
-                  **evaluate(task, model, config, device)}
+        record = {
+            "epoch": epoch,
+            "loss": loss,
+            "train_seconds": seconds,
+            "peak_bytes": memory.peak,
+            **evaluate(task, model, config, device),
+        }
         history.append(record)
-        bar.set_postfix(loss=f"{loss:.3f}", **{f"valid_{task.metric}": f"{record[f'valid_{task.metric}']:.3f}"})
+        bar.set_postfix(
+            loss=f"{loss:.3f}", **{f"valid_{task.metric}": f"{record[f'valid_{task.metric}']:.3f}"}
+        )
         if distributed.is_main():
-            save_checkpoint(checkpoint_path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                              "epoch": epoch, "history": history, "rng": rng_state(),
-                                              "config": config.to_dict()})
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "rng": rng_state(),
+                    "config": config.to_dict(),
+                },
+            )
     return summarize_run(task, config, model, history)
 
 
-def summarize_run(task: Task, config: TrainConfig, model: torch.nn.Module,
-                  history: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_run(
+    task: Task, config: TrainConfig, model: torch.nn.Module, history: list[dict[str, Any]]
+) -> dict[str, Any]:
     """The result record of a run (JSON-serialisable)."""
     if not history:
         raise ValueError(f"run {run_name(config)} has no finished epoch (epochs={config.epochs})")
     best = max(history, key=lambda record: record[f"valid_{task.metric}"])
     peaks = [record["peak_bytes"] for record in history if record["peak_bytes"] is not None]
     return {
-        "task": config.task, "model": config.model, "seed": config.seed, "epochs": len(history),
-        "metric": task.metric, "best_epoch": best["epoch"],
+        "task": config.task,
+        "model": config.model,
+        "seed": config.seed,
+        "epochs": len(history),
+        "metric": task.metric,
+        "best_epoch": best["epoch"],
         **{key: value for key, value in best.items() if key.startswith(("valid_", "test_"))},
         "seconds_per_epoch": sum(record["train_seconds"] for record in history) / len(history),
         "peak_bytes": max(peaks) if peaks else None,
         "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "world_size": distributed.world_size(),
-        "config": config.to_dict(), "history": history,
+        "config": config.to_dict(),
+        "history": history,
     }
 
 

@@ -1,4 +1,5 @@
 """Peak memory of a code region: CUDA allocator peak, or the process's peak resident set on Linux."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Evaluation metrics and confidence intervals over seeds."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,10 @@ __all__ = ["accuracy", "macro_f1", "mean_confidence_interval", "roc_auc_ogb"]
 def accuracy(pred: Tensor, target: Tensor) -> float:
     """Fraction of equal entries of the ``[n]`` integer predictions and targets."""
     if pred.shape != target.shape or pred.numel() == 0:
-        raise ValueError(f"accuracy: predictions {list(pred.shape)} and targets {list(target.shape)} must have "
-                         "the same non-empty shape")
+        raise ValueError(
+            f"accuracy: predictions {list(pred.shape)} and targets {list(target.shape)} must have "
+            "the same non-empty shape"
+        )
     return float((pred == target).float().mean())
 
 
@@ -22,8 +25,10 @@ def macro_f1(pred: Tensor, target: Tensor, num_classes: int) -> float:
     """Unweighted mean over the classes present in ``target`` or ``pred`` of the per-class F1 score
     (scikit-learn's ``f1_score(average='macro')``, with 0 for a class that is never predicted correctly)."""
     if pred.shape != target.shape or pred.numel() == 0:
-        raise ValueError(f"macro_f1: predictions {list(pred.shape)} and targets {list(target.shape)} must have "
-                         "the same non-empty shape")
+        raise ValueError(
+            f"macro_f1: predictions {list(pred.shape)} and targets {list(target.shape)} must have "
+            "the same non-empty shape"
+        )
     pred, target = pred.long().view(-1), target.long().view(-1)
     true_pos = torch.bincount(target[pred == target], minlength=num_classes).double()
     predicted = torch.bincount(pred, minlength=num_classes).double()
@@ -56,6 +61,7 @@ def roc_auc_ogb(name: str, scores: Tensor, target: Tensor) -> float:
     from ogb.graphproppred import Evaluator
 
     evaluator = Evaluator(name)
-    result = evaluator.eval({"y_true": target.view(scores.shape).cpu().numpy(),
-                             "y_pred": scores.detach().cpu().numpy()})
+    result = evaluator.eval(
+        {"y_true": target.view(scores.shape).cpu().numpy(), "y_pred": scores.detach().cpu().numpy()}
+    )
     return float(result[evaluator.eval_metric])

@@ -1,11 +1,12 @@
 """Models of the training tasks; each takes a PyG batch and returns logits."""
+
 from __future__ import annotations
 
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import Dropout, LayerNorm, Sequential
+from torch.nn import LayerNorm, Sequential
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import GCNConv, GINEConv, GPSConv, MLP, global_mean_pool
 from torch_geometric.nn.dense.linear import Linear
@@ -17,8 +18,15 @@ from ..hierarchy import Hierarchy
 from ..nn import GraphHSATransformer, HTEBlock
 from .flat import FlatSoftmaxConv
 
-__all__ = ["DeepSetBlock", "TreeClassifier", "NodeGCN", "NodeGPS", "MoleculeGNN", "MoleculeHSATransformer",
-           "tree_positions"]
+__all__ = [
+    "DeepSetBlock",
+    "TreeClassifier",
+    "NodeGCN",
+    "NodeGPS",
+    "MoleculeGNN",
+    "MoleculeHSATransformer",
+    "tree_positions",
+]
 
 
 def tree_positions(data: HeteroData, hierarchy: Hierarchy) -> dict[str, Tensor]:
@@ -44,7 +52,9 @@ class DeepSetBlock(torch.nn.Module):
         self.q_norm = LayerNorm(channels // heads)
         self.lin_out = Linear(channels, channels)
         self.norm = LayerNorm(channels)
-        self.ffn = Sequential(Linear(channels, 2 * channels), activation_resolver(act), Linear(2 * channels, channels))
+        self.ffn = Sequential(
+            Linear(channels, 2 * channels), activation_resolver(act), Linear(2 * channels, channels)
+        )
 
     def reset_parameters(self) -> None:
         for module in (self.lin_q, self.q_norm, self.lin_out, self.norm):
@@ -86,24 +96,51 @@ class TreeClassifier(torch.nn.Module):
     Shapes: a batch of ``B`` trees (``HeteroData`` batch) to logits ``[B, num_classes]``.
     """
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, metadata: Any, leaf_type: str,
-                 heads: int = 1, pos_channels: int = 0, attention: bool = True, flat: bool = False,
-                 embedding: Tensor | None = None, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_classes: int,
+        metadata: Any,
+        leaf_type: str,
+        heads: int = 1,
+        pos_channels: int = 0,
+        attention: bool = True,
+        flat: bool = False,
+        embedding: Tensor | None = None,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if flat and not attention:
             raise ValueError("TreeClassifier: flat=True needs attention=True")
         self.leaf_type, self.attention, self.flat, self.num_classes = leaf_type, attention, flat, num_classes
-        self.embedding = (torch.nn.Embedding.from_pretrained(embedding, freeze=True)
-                          if embedding is not None else None)
-        self.block = (HTEBlock(in_channels if flat else {leaf_type: in_channels}, channels,
-                               None if flat else metadata, heads=heads, pos_channels=pos_channels) if attention
-                      else DeepSetBlock(in_channels, channels, heads=heads))
+        self.embedding = (
+            torch.nn.Embedding.from_pretrained(embedding, freeze=True) if embedding is not None else None
+        )
+        self.block = (
+            HTEBlock(
+                in_channels if flat else {leaf_type: in_channels},
+                channels,
+                None if flat else metadata,
+                heads=heads,
+                pos_channels=pos_channels,
+            )
+            if attention
+            else DeepSetBlock(in_channels, channels, heads=heads)
+        )
         if flat:
             attn = self.block.attn
-            self.block.attn = FlatSoftmaxConv(attn.in_channels, attn.out_channels, heads=attn.heads,
-                                              concat=attn.concat, qk_norm=attn.qk_norm,
-                                              include_self=attn.include_self, pos_channels=attn.pos_channels,
-                                              root_weight=attn.root_weight, query_residual=attn.query_residual)
+            self.block.attn = FlatSoftmaxConv(
+                attn.in_channels,
+                attn.out_channels,
+                heads=attn.heads,
+                concat=attn.concat,
+                qk_norm=attn.qk_norm,
+                include_self=attn.include_self,
+                pos_channels=attn.pos_channels,
+                root_weight=attn.root_weight,
+                query_residual=attn.query_residual,
+            )
         self.head = MLP([channels, channels, num_classes], dropout=dropout, norm=None)
 
     def reset_parameters(self) -> None:
@@ -117,8 +154,11 @@ class TreeClassifier(torch.nn.Module):
 
     def forward(self, data: HeteroData) -> Tensor:
         x = self.leaf_inputs(data)
-        graph = data[self.leaf_type].batch if "batch" in data[self.leaf_type] else x.new_zeros(
-            x.size(0), dtype=torch.long)
+        graph = (
+            data[self.leaf_type].batch
+            if "batch" in data[self.leaf_type]
+            else x.new_zeros(x.size(0), dtype=torch.long)
+        )
         if self.flat:
             pos = data[self.leaf_type].pos if "pos" in data[self.leaf_type] else None
             out = self.block(x, graph, pos)
@@ -128,8 +168,15 @@ class TreeClassifier(torch.nn.Module):
             out = self.block({self.leaf_type: x}, hierarchy, pos)[self.leaf_type]
         else:
             out = self.block(x)
-        return self.head(scatter(out, graph, dim=0, dim_size=data.num_graphs if hasattr(data, "num_graphs")
-                                 else 1, reduce="mean"))
+        return self.head(
+            scatter(
+                out,
+                graph,
+                dim=0,
+                dim_size=data.num_graphs if hasattr(data, "num_graphs") else 1,
+                reduce="mean",
+            )
+        )
 
     def __repr__(self) -> str:
         kind = ("FSA" if self.flat else "HSA") if self.attention else "DeepSet"
@@ -142,8 +189,9 @@ class NodeGCN(torch.nn.Module):
     Shapes: ``HeteroData`` with ``node.x`` ``[N, F]`` to logits ``[N, num_classes]``.
     """
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, num_layers: int = 2,
-                 dropout: float = 0.5) -> None:
+    def __init__(
+        self, in_channels: int, channels: int, num_classes: int, num_layers: int = 2, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         from torch_geometric.nn.models import GCN
 
@@ -167,21 +215,47 @@ class NodeGPS(torch.nn.Module):
     Shapes: ``HeteroData`` (a :class:`~hgattn.transforms.GraphHierarchy` tree) to logits ``[N, num_classes]``.
     """
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, attention: str, num_layers: int = 2,
-                 heads: int = 1, pos_channels: int = 0, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_classes: int,
+        attention: str,
+        num_layers: int = 2,
+        heads: int = 1,
+        pos_channels: int = 0,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         if attention not in ("hsa", "dense"):
             raise ValueError(f"NodeGPS: attention must be 'hsa' or 'dense', got {attention!r}")
         self.attention, self.dropout = attention, dropout
         if attention == "hsa":
-            self.model = GraphHSATransformer(in_channels, channels, num_classes, num_layers=num_layers, heads=heads,
-                                             task="node", conv="gcn", dropout=dropout,
-                                             attn_kwargs={"pos_channels": pos_channels})
+            self.model = GraphHSATransformer(
+                in_channels,
+                channels,
+                num_classes,
+                num_layers=num_layers,
+                heads=heads,
+                task="node",
+                conv="gcn",
+                dropout=dropout,
+                attn_kwargs={"pos_channels": pos_channels},
+            )
         else:
             self.encoder = Linear(in_channels, channels)
-            self.layers = torch.nn.ModuleList([
-                GPSConv(channels, GCNConv(channels, channels), heads=heads, dropout=dropout,
-                        attn_type="multihead") for _ in range(num_layers)])
+            self.layers = torch.nn.ModuleList(
+                [
+                    GPSConv(
+                        channels,
+                        GCNConv(channels, channels),
+                        heads=heads,
+                        dropout=dropout,
+                        attn_type="multihead",
+                    )
+                    for _ in range(num_layers)
+                ]
+            )
             self.head = MLP([channels, channels, num_classes], dropout=dropout, norm=None)
 
     def reset_parameters(self) -> None:
@@ -192,8 +266,11 @@ class NodeGPS(torch.nn.Module):
         x, edge_index = data["node"].x, data["node", "to", "node"].edge_index
         if self.attention == "hsa":
             hierarchy = Hierarchy.from_hetero(data).to(x.device)
-            pos = hierarchy.node_features(tree_positions(data, hierarchy)) if self.model.layers[0].attn.pos_channels \
+            pos = (
+                hierarchy.node_features(tree_positions(data, hierarchy))
+                if self.model.layers[0].attn.pos_channels
                 else None
+            )
             return self.model(x, edge_index, hierarchy, pos=pos)
         h = self.encoder(x)
         for layer in self.layers:
@@ -211,8 +288,9 @@ class MoleculeGNN(torch.nn.Module):
     Shapes: a batch of ``B`` molecule trees to logits ``[B, num_tasks]``.
     """
 
-    def __init__(self, channels: int, num_tasks: int, conv: str = "gin", num_layers: int = 5,
-                 dropout: float = 0.5) -> None:
+    def __init__(
+        self, channels: int, num_tasks: int, conv: str = "gin", num_layers: int = 5, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
 
@@ -220,11 +298,17 @@ class MoleculeGNN(torch.nn.Module):
             raise ValueError(f"MoleculeGNN: conv must be 'gcn' or 'gin', got {conv!r}")
         self.conv_name, self.dropout = conv, dropout
         self.atom_encoder = AtomEncoder(channels)
-        self.bond_encoders = torch.nn.ModuleList([BondEncoder(channels) for _ in range(num_layers)]) \
-            if conv == "gin" else None
-        self.convs = torch.nn.ModuleList([
-            GINEConv(MLP([channels, 2 * channels, channels], norm="batch_norm")) if conv == "gin"
-            else GCNConv(channels, channels) for _ in range(num_layers)])
+        self.bond_encoders = (
+            torch.nn.ModuleList([BondEncoder(channels) for _ in range(num_layers)]) if conv == "gin" else None
+        )
+        self.convs = torch.nn.ModuleList(
+            [
+                GINEConv(MLP([channels, 2 * channels, channels], norm="batch_norm"))
+                if conv == "gin"
+                else GCNConv(channels, channels)
+                for _ in range(num_layers)
+            ]
+        )
         self.norms = torch.nn.ModuleList([torch.nn.BatchNorm1d(channels) for _ in range(num_layers)])
         self.head = Linear(channels, num_tasks)
 
@@ -236,8 +320,11 @@ class MoleculeGNN(torch.nn.Module):
         atoms, bonds = data["atom"], data["atom", "bond", "atom"]
         h = self.atom_encoder(atoms.x)
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            out = conv(h, bonds.edge_index, self.bond_encoders[i](bonds.edge_attr)) if self.bond_encoders \
+            out = (
+                conv(h, bonds.edge_index, self.bond_encoders[i](bonds.edge_attr))
+                if self.bond_encoders
                 else conv(h, bonds.edge_index)
+            )
             out = norm(out)
             if i < len(self.convs) - 1:
                 out = out.relu()
@@ -256,15 +343,30 @@ class MoleculeHSATransformer(torch.nn.Module):
     Shapes: a batch of ``B`` molecule trees to logits ``[B, num_tasks]``.
     """
 
-    def __init__(self, channels: int, num_tasks: int, num_layers: int = 3, heads: int = 4, pos_channels: int = 4,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        channels: int,
+        num_tasks: int,
+        num_layers: int = 3,
+        heads: int = 4,
+        pos_channels: int = 4,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         from ogb.graphproppred.mol_encoder import AtomEncoder
 
         self.atom_encoder = AtomEncoder(channels)
-        self.model = GraphHSATransformer(channels, channels, num_tasks, num_layers=num_layers, heads=heads,
-                                         task="graph", conv="gin", dropout=dropout,
-                                         attn_kwargs={"pos_channels": pos_channels})
+        self.model = GraphHSATransformer(
+            channels,
+            channels,
+            num_tasks,
+            num_layers=num_layers,
+            heads=heads,
+            task="graph",
+            conv="gin",
+            dropout=dropout,
+            attn_kwargs={"pos_channels": pos_channels},
+        )
 
     def reset_parameters(self) -> None:
         reset(self.atom_encoder)
@@ -274,8 +376,13 @@ class MoleculeHSATransformer(torch.nn.Module):
         atoms = data["atom"]
         hierarchy = Hierarchy.from_hetero(data).to(atoms.x.device)
         pos = hierarchy.node_features(tree_positions(data, hierarchy))
-        return self.model(self.atom_encoder(atoms.x), data["atom", "bond", "atom"].edge_index, hierarchy,
-                          batch=atoms.batch, pos=pos)
+        return self.model(
+            self.atom_encoder(atoms.x),
+            data["atom", "bond", "atom"].edge_index,
+            hierarchy,
+            batch=atoms.batch,
+            pos=pos,
+        )
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.model})"

@@ -1,4 +1,5 @@
 """Results over seeds: summary rows with 95% confidence intervals, markdown tables, plots."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ def summarize(results: Sequence[dict[str, Any]], confidence: float = 0.95) -> li
             row[key] = mean_confidence_interval([run[key] for run in runs], confidence)
         row["seconds_per_epoch"] = sum(run["seconds_per_epoch"] for run in runs) / len(runs)
         peaks = [run["peak_bytes"] for run in runs if run.get("peak_bytes") is not None]
-        row["peak_mib"] = max(peaks) / 2 ** 20 if peaks else None
+        row["peak_mib"] = max(peaks) / 2**20 if peaks else None
         row["epochs"] = runs[0]["epochs"]
         rows.append(row)
     return rows
@@ -48,8 +49,15 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         peak = "n/a" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
-        cells = [row["task"], row["model"], str(row["seeds"]), str(row["epochs"]),
-                 *[_interval(row[m]) if m in row else "" for m in metrics], f"{row['seconds_per_epoch']:.2f}", peak]
+        cells = [
+            row["task"],
+            row["model"],
+            str(row["seeds"]),
+            str(row["epochs"]),
+            *[_interval(row[m]) if m in row else "" for m in metrics],
+            f"{row['seconds_per_epoch']:.2f}",
+            peak,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -72,7 +80,9 @@ def plot_curves(results: Sequence[dict[str, Any]], metric: str, path: str | Path
         for record in result["history"]:
             seconds += record["train_seconds"]
             elapsed.append(seconds)
-        label = result["model"] if result is next(r for r in results if r["model"] == result["model"]) else None
+        label = (
+            result["model"] if result is next(r for r in results if r["model"] == result["model"]) else None
+        )
         by_epoch.plot(epochs, values, color=colors[result["model"]], alpha=0.7, label=label)
         by_time.plot(elapsed, values, color=colors[result["model"]], alpha=0.7, marker=".", label=label)
     by_epoch.set(xlabel="epoch", ylabel=f"validation {metric}", title="training curves")

@@ -1,6 +1,8 @@
 """The task registry: each task loads its real data and builds the models it supports."""
+
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,7 +22,8 @@ class Task:
     """A loaded task.
 
     Graph-level tasks (``kind='graph'``) hold one dataset per split in ``splits`` (``train``, ``valid``,
-    ``test``); node-level tasks (``kind='node'``) hold one graph and its boolean ``*_mask`` on ``target_type``.
+    ``test``); node-level tasks (``kind='node'``) hold one graph and its boolean ``*_mask`` on
+    ``target_type``.
     ``evaluate(logits, y)`` gives the metrics; ``metric`` is the one that selects the best epoch.
     """
 
@@ -60,20 +63,39 @@ def load_bbc_news(config: TrainConfig) -> Task:
 
     _check_model("bbc-news", config.model, TEXT_MODELS)
     levels = () if config.model == "fsa" else ("paragraph", "sentence")
-    dataset = BBCNews(str(Path(config.data_root) / "bbc_news"), articles_per_topic=config.articles_per_topic,
-                      levels=levels)
+    dataset = BBCNews(
+        str(Path(config.data_root) / "bbc_news"), articles_per_topic=config.articles_per_topic, levels=levels
+    )
     splits = _non_empty_splits("bbc-news", dataset, f"articles_per_topic={config.articles_per_topic}")
     sample = dataset[0]
     pos_channels = sample["token"].pos.size(1)
 
     def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
         table = TextHierarchy().embedding_table
-        return TreeClassifier(table.size(1), cfg.hidden, dataset.num_classes, sample.metadata(), "token",
-                              heads=cfg.heads, pos_channels=pos_channels, attention=model != "deepset",
-                              flat=model == "fsa", embedding=table, dropout=cfg.dropout)
+        return TreeClassifier(
+            table.size(1),
+            cfg.hidden,
+            dataset.num_classes,
+            sample.metadata(),
+            "token",
+            heads=cfg.heads,
+            pos_channels=pos_channels,
+            attention=model != "deepset",
+            flat=model == "fsa",
+            embedding=table,
+            dropout=cfg.dropout,
+        )
 
-    return Task("bbc-news", "graph", "cross_entropy", "accuracy", dataset.num_classes, build,
-                classification_metrics(dataset.num_classes), splits=splits)
+    return Task(
+        "bbc-news",
+        "graph",
+        "cross_entropy",
+        "accuracy",
+        dataset.num_classes,
+        build,
+        classification_metrics(dataset.num_classes),
+        splits=splits,
+    )
 
 
 # ---------------------------------------------------------------- Planetoid
@@ -96,13 +118,30 @@ def load_planetoid(name: str) -> Callable[[TrainConfig], Task]:
 
         def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
             if model == "gcn":
-                return NodeGCN(in_channels, cfg.hidden, dataset.num_classes, num_layers=cfg.layers,
-                               dropout=cfg.dropout)
-            return NodeGPS(in_channels, cfg.hidden, dataset.num_classes, "hsa" if model == "gps-hsa" else "dense",
-                           num_layers=cfg.layers, heads=cfg.heads, pos_channels=pos_channels, dropout=cfg.dropout)
+                return NodeGCN(
+                    in_channels, cfg.hidden, dataset.num_classes, num_layers=cfg.layers, dropout=cfg.dropout
+                )
+            return NodeGPS(
+                in_channels,
+                cfg.hidden,
+                dataset.num_classes,
+                "hsa" if model == "gps-hsa" else "dense",
+                num_layers=cfg.layers,
+                heads=cfg.heads,
+                pos_channels=pos_channels,
+                dropout=cfg.dropout,
+            )
 
-        return Task(task_name, "node", "cross_entropy", "accuracy", dataset.num_classes, build,
-                    classification_metrics(dataset.num_classes), graph=graph)
+        return Task(
+            task_name,
+            "node",
+            "cross_entropy",
+            "accuracy",
+            dataset.num_classes,
+            build,
+            classification_metrics(dataset.num_classes),
+            graph=graph,
+        )
 
     return load
 
@@ -113,24 +152,33 @@ MOLECULE_MODELS = ("gcn", "gin", "gps-hsa")
 
 def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
     """An ``ogbg-mol*`` dataset with OGB's scaffold split and ``Evaluator``: GCN / GIN (OGB's AtomEncoder)
-    against the HSA graph transformer over MoleculeHierarchy trees. ``max_graphs`` keeps the first molecules
-    only (the split restricted to them)."""
+    against the HSA graph transformer over MoleculeHierarchy trees. ``max_graphs`` keeps a seeded random
+    subset of each split part, in proportion to its size (OGB's scaffold split puts its validation molecules
+    late in the file, so the first molecules alone would have none)."""
 
     def load(config: TrainConfig) -> Task:
         from ..datasets import OGBMoleculeDataset
         from .models import MoleculeGNN, MoleculeHSATransformer
 
         _check_model(name, config.model, MOLECULE_MODELS)
-        dataset = OGBMoleculeDataset(name, str(Path(config.data_root) / "ogb"), source=config.source,
-                                     limit=config.max_graphs)
+        dataset = OGBMoleculeDataset(name, str(Path(config.data_root) / "ogb"), source=config.source)
+        if config.max_graphs is not None:
+            dataset.split_idx = subsample_splits(dataset.split_idx, config.max_graphs / len(dataset))
         splits = _non_empty_splits(name, dataset, f"max_graphs={config.max_graphs}")
 
         def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
             if model == "gps-hsa":
-                return MoleculeHSATransformer(cfg.hidden, dataset.num_tasks, num_layers=cfg.layers, heads=cfg.heads,
-                                              pos_channels=dataset.pos_dim, dropout=cfg.dropout)
-            return MoleculeGNN(cfg.hidden, dataset.num_tasks, conv=model, num_layers=cfg.layers,
-                               dropout=cfg.dropout)
+                return MoleculeHSATransformer(
+                    cfg.hidden,
+                    dataset.num_tasks,
+                    num_layers=cfg.layers,
+                    heads=cfg.heads,
+                    pos_channels=dataset.pos_dim,
+                    dropout=cfg.dropout,
+                )
+            return MoleculeGNN(
+                cfg.hidden, dataset.num_tasks, conv=model, num_layers=cfg.layers, dropout=cfg.dropout
+            )
 
         def evaluate(logits: Tensor, y: Tensor) -> dict[str, float]:
             return {"roc_auc": roc_auc_ogb(name, logits, y)}
@@ -138,6 +186,17 @@ def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
         return Task(name, "graph", "bce", "roc_auc", dataset.num_tasks, build, evaluate, splits=splits)
 
     return load
+
+
+def subsample_splits(split_idx: dict[str, Tensor], fraction: float, seed: int = 0) -> dict[str, Tensor]:
+    """A seeded random ``fraction`` (rounded up) of each split part, indices sorted; the whole part when
+    ``fraction >= 1``."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, index in split_idx.items():
+        keep = min(index.numel(), math.ceil(fraction * index.numel()))
+        out[key] = torch.sort(index[torch.randperm(index.numel(), generator=generator)[:keep]]).values
+    return out
 
 
 def _non_empty_splits(task: str, dataset: Dataset, setting: str) -> dict[str, Dataset]:
@@ -154,8 +213,15 @@ def _check_model(task: str, model: str, allowed: Sequence[str]) -> None:
         raise ValueError(f"task {task!r} has no model {model!r}; choose one of {list(allowed)}")
 
 
-OGB_MOLECULES = ("ogbg-molhiv", "ogbg-molbace", "ogbg-molbbbp", "ogbg-moltox21", "ogbg-molclintox",
-                 "ogbg-molsider", "ogbg-moltoxcast")
+OGB_MOLECULES = (
+    "ogbg-molhiv",
+    "ogbg-molbace",
+    "ogbg-molbbbp",
+    "ogbg-moltox21",
+    "ogbg-molclintox",
+    "ogbg-molsider",
+    "ogbg-moltoxcast",
+)
 
 TASKS: dict[str, tuple[Callable[[TrainConfig], Task], tuple[str, ...]]] = {
     "bbc-news": (load_bbc_news, TEXT_MODELS),
