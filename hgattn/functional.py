@@ -440,7 +440,8 @@ class _HSAFunction(torch.autograd.Function):
             theta = torch.matmul(inputs.weight, inputs.v)
             g_rows = _gather(block.rows, grad_out, grad_in, block.families)
             _write_rows(block.rows, (theta * g_rows).sum(-1), grad_gain)
-        grad_e, grad_self = _gates_backward(e, self_logit, h, grad_gain, grad_out, v, keep)
+        grad_keep = _rowwise_dot(grad_out, v) if keep is not None else None
+        grad_e, grad_self = _gates_backward(e, self_logit, h, grad_gain, grad_keep)
         grads = [torch.zeros_like(x) for x in (q, k, v, q_in, k_in, v_in)]
         grad_pos = torch.zeros_like(pos) if pos is not None else None
         for block in h.blocks:
@@ -453,18 +454,38 @@ class _HSAFunction(torch.autograd.Function):
         return (*grads[:3], grad_pos, grad_self, None, None)
 
 
-def _gates_backward(e: Tensor, self_logit: Tensor | None, h: Hierarchy, grad_gain: Tensor, grad_out: Tensor,
-                    v: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Gradients of ``e`` and of the self logits through the gates (small tensors: autograd does it)."""
-    outputs_grad = [grad_gain] if keep is None else [grad_gain, _rowwise_dot(grad_out, v.detach())]
-    with torch.enable_grad():
-        e = e.detach().requires_grad_()
-        self_var = None if self_logit is None else self_logit.detach().requires_grad_()
-        gates = _gates(e, self_var, h)
-        inputs = [e] if self_var is None else [e, self_var]
-        outputs = [gates.gain] if keep is None else [gates.gain, gates.keep]
-        result = torch.autograd.grad(outputs, inputs, outputs_grad)
-    return result[0], (result[1] if self_logit is not None else None)
+def _gates_backward(e: Tensor, self_logit: Tensor | None, h: Hierarchy, grad_gain: Tensor,
+                    grad_keep: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Adjoint of :func:`_gates`: gradients of ``e`` ``[T, H]`` and of the self logits ``[N, H]``.
+
+    Two passes over the levels: bottom-up through the downward reach ``u`` (``dz = -du``), then top-down
+    through the upward masses ``a``, ``z = logaddexp(a, e)``.
+    """
+    gates = _gates(e, self_logit, h)
+    keep_grad = grad_keep * gates.keep if grad_keep is not None else None
+    gains, grad_gains = gates.gain.split(h.level_sizes), grad_gain.split(h.level_sizes)
+    grad_u, grad_a, below = [None] * h.num_levels, [None] * h.num_levels, None
+    for depth in range(h.num_levels - 1, -1, -1):
+        level = h.levels[depth]
+        grad_u[depth] = gains[depth] * grad_gains[depth]
+        grad_a[depth] = torch.zeros_like(grad_u[depth])
+        if keep_grad is not None and level.leaf_local.numel():
+            grad_a[depth].index_copy_(0, level.leaf_local, keep_grad[level.leaf_row])
+        if below is not None:
+            grad_a[depth].index_add_(0, h.levels[depth + 1].parent_local, below)
+        below = grad_u[depth] + grad_a[depth]
+        grad_u[depth] = below
+    grad_e, grad_self, above = [], None if self_logit is None else torch.zeros_like(self_logit), None
+    for depth, e_level in enumerate(e.split(h.level_sizes)):
+        level, a, z = h.levels[depth], gates.a[depth], gates.z[depth]
+        grad_z = -grad_u[depth]
+        if above is not None:
+            grad_z = grad_z + level.child_weight.to(e.dtype)[:, None] * above[level.parent_local]
+        above = grad_a[depth] + grad_z * torch.exp(a - z)
+        grad_e.append(gains[depth] * grad_gains[depth] + grad_z * torch.exp(e_level - z))
+        if grad_self is not None and level.leaf_local.numel():
+            grad_self[level.leaf_row] = above[level.leaf_local]
+    return torch.cat(grad_e), grad_self
 
 
 def _block_backward(block: FamilyBlock, inputs: _BlockInputs, grad_e: Tensor, grad_out: Tensor,
