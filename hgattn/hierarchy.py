@@ -733,7 +733,7 @@ def _family_blocks(h: Hierarchy) -> list[FamilyBlock]:
 def _bucket_blocks(h: Hierarchy, members: Tensor, width: int) -> list[FamilyBlock]:
     """Blocks of at most :data:`BLOCK_BUDGET` entries over ``members``, families padded to ``width``."""
     blocks = []
-    rows = max(1, min(width, BLOCK_BUDGET // (width * width)))
+    rows = min(width, max(1, BLOCK_BUDGET // width))
     per_block = max(1, BLOCK_BUDGET // (rows * width))
     for f0 in range(0, members.numel(), per_block):
         fam = members[f0:f0 + per_block]
