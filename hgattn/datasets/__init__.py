@@ -4,3 +4,6 @@ from .emoji import EMOJI_CATEGORIES, Emoji
 from .ogb import OGBMoleculeDataset, OGBNodeDataset
 from .planetoid import HierarchicalPlanetoid
 from .splits import stratified_split
+
+__all__ = ["BBC_TOPICS", "BBCArticle", "BBCNews", "EMOJI_CATEGORIES", "Emoji", "HierarchicalPlanetoid",
+           "OGBMoleculeDataset", "OGBNodeDataset", "read_bbc_articles", "stratified_split"]

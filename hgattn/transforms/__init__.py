@@ -5,3 +5,6 @@ from .molecule import MoleculeHierarchy
 from .multimodal import MultimodalHierarchy, compose_key_value
 from .sequence import SequenceHierarchy
 from .text import TextHierarchy
+
+__all__ = ["GraphHierarchy", "ImageHierarchy", "MoleculeHierarchy", "MultimodalHierarchy", "SequenceHierarchy",
+           "TextHierarchy", "compose_key_value"]
