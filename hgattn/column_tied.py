@@ -29,7 +29,7 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import Tensor
 
-from .functional import _check_inputs
+from .functional import _check_inputs, leaf_sums
 from .hierarchy import NEG, Hierarchy
 
 __all__ = ["column_tied_hsa", "check_depth_first", "attended_summaries", "TIES"]
@@ -254,11 +254,7 @@ def _family_group(h: Hierarchy, start: Tensor, parents: Tensor) -> FamilyGroup:
 
 def _node_means(x: Tensor, h: Hierarchy) -> Tensor:
     """``[T, H, d]`` mean of ``x`` ``[N, H, d]`` over the leaves below every node (a leaf's own row)."""
-    sums = x.new_zeros((h.num_nodes,) + x.shape[1:]).index_add(0, h.leaf_node, x)
-    for depth in range(h.num_levels - 1, 0, -1):
-        nodes = h.level_nodes(depth)
-        sums.index_add_(0, h.parent[nodes], sums[nodes])
-    return sums / h.leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
+    return leaf_sums(x, h) / h.leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
 
 
 def _chunks(groups: list[FamilyGroup], heads: int, dim: int) -> list[FamilyGroup]:

@@ -174,6 +174,16 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: 
     return query, key, value, pos, one_head
 
 
+def leaf_sums(x: Tensor, hierarchy: Hierarchy) -> Tensor:
+    """``[T, ...]`` sum of the leaf rows ``x`` ``[N, ...]`` below every tree node, :math:`n(A)\\,\\bar{x}_A`."""
+    h = hierarchy
+    sums = x.new_zeros((h.num_nodes,) + x.shape[1:]).index_copy(0, h.leaf_node, x)
+    for level in range(h.num_levels - 1, 0, -1):
+        nodes = h.level_nodes(level)
+        sums = sums.index_add(0, h.parent[nodes], sums[nodes])
+    return sums
+
+
 def _inner_sums(x: Tensor, h: Hierarchy) -> Tensor:
     """``[K, H, d]`` sum of ``x`` ``[N, H, d]`` over the leaves below each inner node (inner order), one
     scatter per level."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..functional import leaf_sums
 from ..hierarchy import Hierarchy
 
 __all__ = ["sibling_edge_index", "leaf_sums", "push_down"]
@@ -18,16 +19,6 @@ def sibling_edge_index(hierarchy: Hierarchy) -> Tensor:
     :attr:`Hierarchy.sibling_index` (sorted by ``B``): the edges :class:`~hgattn.nn.HSAConv` passes messages
     over and the edges an :class:`~torch_geometric.explain.AttentionExplainer` mask refers to."""
     return hierarchy.sibling_index.flip(0)
-
-
-def leaf_sums(x: Tensor, hierarchy: Hierarchy) -> Tensor:
-    """``[T, ...]`` sum of the leaf rows ``x`` ``[N, ...]`` below every tree node, :math:`n(A)\\,\\bar{x}_A`."""
-    h = hierarchy
-    sums = x.new_zeros((h.num_nodes,) + x.shape[1:]).index_copy(0, h.leaf_node, x)
-    for level in range(h.num_levels - 1, 0, -1):
-        nodes = h.level_nodes(level)
-        sums = sums.index_add(0, h.parent[nodes], sums[nodes])
-    return sums
 
 
 def push_down(node_x: Tensor, hierarchy: Hierarchy) -> Tensor:
