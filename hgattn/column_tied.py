@@ -22,7 +22,6 @@ summaries into the output. Autograd differentiates both passes.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
@@ -100,20 +99,16 @@ def column_tied_hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierar
         ``[N, H, d_v]`` (the shape of ``value``); half-precision inputs are computed in float32.
     """
     _check_variant(tie, causal, include_self, return_attention)
-    q, k, v, pos, one_head = _check_inputs(query, key, value, hierarchy, pos)
+    q, k, v, pos, one_head, scale = _check_inputs(query, key, value, hierarchy, pos, scale)
     if causal:
         check_depth_first(hierarchy)
     out_dtype = value.dtype
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    pos = pos.to(dtype) if pos is not None else None
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
 
     h, layout = hierarchy, column_layout(hierarchy)
     heads_first = (q if layout.order is None else q[layout.order]).transpose(0, 1).contiguous()
     key_table = _node_means(k, h).transpose(0, 1).contiguous()
     value_table = _node_means(v, h).transpose(0, 1).contiguous()
-    log_count = h.leaf_count.to(dtype).log()
+    log_count = h.leaf_count.to(q.dtype).log()
     chunks = _chunks(layout.groups, q.size(1), max(q.size(-1), v.size(-1)))
     logits = [_family_logits(chunk, heads_first, key_table, log_count, pos, scale, causal)
               for chunk in chunks]

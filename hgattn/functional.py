@@ -105,12 +105,8 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
         from .column_tied import column_tied_hsa
         return column_tied_hsa(query, key, value, hierarchy, pos=pos, include_self=include_self, scale=scale,
                                tie=tie, causal=causal, return_attention=return_attention)
-    q, k, v, pos, one_head = _check_inputs(query, key, value, hierarchy, pos)
+    q, k, v, pos, one_head, scale = _check_inputs(query, key, value, hierarchy, pos, scale)
     out_dtype = value.dtype
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    pos = pos.to(dtype) if pos is not None else None
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
     h = hierarchy
 
     self_logit = _self_logits(q, k, pos, h, scale) if include_self else None
@@ -130,16 +126,16 @@ def hsa_attention(query: Tensor, key: Tensor, hierarchy: Hierarchy, *, pos: Tens
 
     Arguments as :func:`hsa`; the same weights as ``hsa(..., return_attention=True)``.
     """
-    q, k, _, pos, _ = _check_inputs(query, key, key, hierarchy, pos)
-    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    q, k = q.to(dtype), k.to(dtype)
-    pos = pos.to(dtype) if pos is not None else None
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else float(scale)
+    q, k, _, pos, _, scale = _check_inputs(query, key, key, hierarchy, pos, scale)
     self_logit = _self_logits(q, k, pos, hierarchy, scale) if include_self else None
     return _attention(q, k, pos, self_logit, hierarchy, scale)
 
 
-def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: Tensor | None):
+def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: Tensor | None,
+                  scale: float | None):
+    """Validate the operator's inputs; return ``q, k, v`` ``[N, H, d]`` and ``pos`` ``[T, H or 1, C]`` in the
+    compute dtype (float64 stays, everything else runs in float32), whether the input had one head, and the
+    logit scale (default ``1 / sqrt(d)``)."""
     if not isinstance(h, Hierarchy):
         raise TypeError(f"hierarchy must be a hgattn.Hierarchy, got {type(h).__name__}")
     one_head = query.dim() == 2
@@ -171,7 +167,11 @@ def _check_inputs(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: 
         for name, x in tensors.items():
             if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
                 raise ValueError(f"{name} contains NaN or infinite values")
-    return query, key, value, pos, one_head
+    dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    pos = pos.to(dtype) if pos is not None else None
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
+    return query, key, value, pos, one_head, scale
 
 
 def leaf_sums(x: Tensor, hierarchy: Hierarchy) -> Tensor:
