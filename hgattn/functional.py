@@ -473,18 +473,16 @@ def _gates_backward(e: Tensor, self_logit: Tensor | None, h: Hierarchy, grad_gai
     """
     gates = _gates(e, self_logit, h)
     keep_grad = grad_keep * gates.keep if grad_keep is not None else None
-    gains, grad_gains = gates.gain.split(h.level_sizes), grad_gain.split(h.level_sizes)
-    grad_u, grad_a, below = [None] * h.num_levels, [None] * h.num_levels, None
+    grad_exponent = (gates.gain * grad_gain).split(h.level_sizes)
+    grad_u, grad_a = [None] * h.num_levels, [None] * h.num_levels
     for depth in range(h.num_levels - 1, -1, -1):
         level = h.levels[depth]
-        grad_u[depth] = gains[depth] * grad_gains[depth]
-        grad_a[depth] = torch.zeros_like(grad_u[depth])
+        grad_a[depth] = torch.zeros_like(grad_exponent[depth])
         if keep_grad is not None and level.leaf_local.numel():
             grad_a[depth].index_copy_(0, level.leaf_local, keep_grad[level.leaf_row])
-        if below is not None:
-            grad_a[depth].index_add_(0, h.levels[depth + 1].parent_local, below)
-        below = grad_u[depth] + grad_a[depth]
-        grad_u[depth] = below
+        if depth + 1 < h.num_levels:
+            grad_a[depth].index_add_(0, h.levels[depth + 1].parent_local, grad_u[depth + 1])
+        grad_u[depth] = grad_exponent[depth] + grad_a[depth]
     grad_e, grad_self, above = [], None if self_logit is None else torch.zeros_like(self_logit), None
     for depth, e_level in enumerate(e.split(h.level_sizes)):
         level, a, z = h.levels[depth], gates.a[depth], gates.z[depth]
@@ -492,7 +490,7 @@ def _gates_backward(e: Tensor, self_logit: Tensor | None, h: Hierarchy, grad_gai
         if above is not None:
             grad_z = grad_z + level.child_weight.to(e.dtype)[:, None] * above[level.parent_local]
         above = grad_a[depth] + grad_z * torch.exp(a - z)
-        grad_e.append(gains[depth] * grad_gains[depth] + grad_z * torch.exp(e_level - z))
+        grad_e.append(grad_exponent[depth] + grad_z * torch.exp(e_level - z))
         if grad_self is not None and level.leaf_local.numel():
             grad_self[level.leaf_row] = above[level.leaf_local]
     return torch.cat(grad_e), grad_self
