@@ -39,12 +39,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
-#: CPU allocator settings for every measured process, dense and HSA alike: 2 MB pages for large tensors
-#: (read by torch when it starts) and a glibc heap that keeps freed memory instead of handing it back to the
-#: OS, so that iterations do not spend their time faulting fresh pages in (about half of HSA's time at 16k
-#: leaves otherwise). Set before torch is imported; children inherit them; a value set by the caller wins.
-ALLOCATOR_ENV = {"THP_MEM_ALLOC_ENABLE": "1", "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-                 "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(1 << 30)}
+#: CPU allocator settings for every measured process, dense and HSA alike: one glibc arena for all threads
+#: (autograd's backward runs in its own thread), no ``mmap`` for large blocks and no trimming, so that freed
+#: memory stays in the process. Otherwise every large tensor is mapped fresh, and on virtual machines that
+#: return freed guest memory to the host (this one does within seconds), touching it again costs about
+#: 1.5 s per GB: half of a forward+backward step at 1M leaves. Set before torch is imported; children inherit
+#: them; a value set by the caller wins.
+ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
 for _key, _value in ALLOCATOR_ENV.items():
     os.environ.setdefault(_key, _value)
 

@@ -28,7 +28,7 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import Tensor
 
-from .functional import _check_inputs, leaf_sums
+from .functional import _check_inputs, node_means
 from .hierarchy import NEG, Hierarchy
 
 __all__ = ["column_tied_hsa", "check_depth_first", "attended_summaries", "TIES"]
@@ -106,8 +106,8 @@ def column_tied_hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierar
 
     h, layout = hierarchy, column_layout(hierarchy)
     heads_first = (q if layout.order is None else q[layout.order]).transpose(0, 1).contiguous()
-    key_table = _node_means(k, h).transpose(0, 1).contiguous()
-    value_table = _node_means(v, h).transpose(0, 1).contiguous()
+    key_table = node_means(k, h).transpose(0, 1).contiguous()
+    value_table = node_means(v, h).transpose(0, 1).contiguous()
     log_count = h.leaf_count.to(q.dtype).log()
     chunks = _chunks(layout.groups, q.size(1), max(q.size(-1), v.size(-1)))
     logits = [_family_logits(chunk, heads_first, key_table, log_count, pos, scale, causal)
@@ -245,11 +245,6 @@ def _family_group(h: Hierarchy, start: Tensor, parents: Tensor) -> FamilyGroup:
     member_start = torch.where(member_valid, start[members], h.num_leaves)
     rank = (member_start[:, None, :] <= rows[:, :, None]).sum(-1) - 1
     return FamilyGroup(rows, row_valid, rank.clamp(min=0), members, member_valid)
-
-
-def _node_means(x: Tensor, h: Hierarchy) -> Tensor:
-    """``[T, H, d]`` mean of ``x`` ``[N, H, d]`` over the leaves below every node (a leaf's own row)."""
-    return leaf_sums(x, h) / h.leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
 
 
 def _chunks(groups: list[FamilyGroup], heads: int, dim: int) -> list[FamilyGroup]:

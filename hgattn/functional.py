@@ -12,6 +12,7 @@ Time and memory are ``O(P d + T d)`` with ``P`` the number of ordered sibling pa
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ __all__ = ["hsa", "hsa_attention", "HSAAttention"]
 
 #: Leaf rows per step when gradients of inner means flow back to the leaves (bounds the temporary).
 LEAF_CHUNK = 1 << 15
+#: Bytes of inner-node state (query/key/value means, their gradients, summed output gradients) the backward
+#: pass may hold at once; above it the heads are processed in groups and the means recomputed per group.
+BACKWARD_INNER_BYTES = 1 << 30
 
 
 @dataclass
@@ -184,10 +188,17 @@ def leaf_sums(x: Tensor, hierarchy: Hierarchy) -> Tensor:
     return sums
 
 
+def node_means(x: Tensor, hierarchy: Hierarchy) -> Tensor:
+    """``[T, ...]`` mean of the leaf rows ``x`` ``[N, ...]`` below every tree node (a leaf's own row);
+    differentiable by autograd."""
+    count = hierarchy.leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
+    return leaf_sums(x, hierarchy) / count
+
+
 def _inner_sums(x: Tensor, h: Hierarchy) -> Tensor:
     """``[K, H, d]`` sum of ``x`` ``[N, H, d]`` over the leaves below each inner node (inner order), one
     scatter per level."""
-    base = x.new_zeros((h.num_inner + 1,) + x.shape[1:]).index_add(0, h.leaf_parent_inner, x)
+    base = x.new_zeros((h.num_inner + 1,) + x.shape[1:]).index_add_(0, h.leaf_parent_inner, x)
     sums = list(base[:h.num_inner].split(h.inner_level_sizes))
     for depth in range(h.num_levels - 2, -1, -1):
         below = sums[depth + 1]
@@ -196,26 +207,41 @@ def _inner_sums(x: Tensor, h: Hierarchy) -> Tensor:
     return torch.cat(sums)
 
 
+def _inner_levels(x: Tensor, h: Hierarchy) -> list[Tensor]:
+    """Per-depth views of inner-ordered ``x`` ``[K, ...]`` (``narrow``, so autograd allows writing into them)."""
+    starts = [level.inner_start for level in h.levels]
+    return [x.narrow(0, start, size) for start, size in zip(starts, h.inner_level_sizes)]
+
+
 def _inner_means(x: Tensor, h: Hierarchy) -> Tensor:
     """``[K, H, d]`` mean of ``x`` over the leaves below each inner node (inner order)."""
-    return _inner_sums(x, h) / h.inner_leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
+    return _inner_sums(x, h).div_(h.inner_leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1)))
 
 
-def _add_inner_means_grad(grad_in: Tensor, h: Hierarchy, grad_leaf: Tensor) -> None:
-    """Adjoint of :func:`_inner_means`: add to ``grad_leaf`` ``[N, H, d]`` what reaches each leaf through the
-    means of its inner ancestors (one gather per level, then leaf rows in chunks of :data:`LEAF_CHUNK`)."""
-    per_node = grad_in / h.inner_leaf_count.to(grad_in.dtype).view(-1, 1, 1)
-    totals, above = [], None
-    for level, part in zip(h.levels, per_node.split(h.inner_level_sizes)):
-        if above is not None and part.numel():
-            part = part + above.index_select(0, level.inner_parent_local)
-        totals.append(part)
-        above = part
-    totals.append(grad_in.new_zeros((1,) + grad_in.shape[1:]))
-    total = torch.cat(totals)
+def _inner_buffer(x: Tensor, h: Hierarchy) -> Tensor:
+    """Zeros ``[K + 1, H, ...]`` for rows of the inner nodes like ``x`` ``[N, H, ...]``; the spare last row
+    stands for the missing parent of root leaves (see :func:`_add_path_sums`)."""
+    return x.new_zeros((h.num_inner + 1,) + x.shape[1:])
+
+
+def _add_path_sums(inner: Tensor, h: Hierarchy, leaf: Tensor) -> None:
+    """Add to every leaf row of ``leaf`` ``[N, ...]`` the rows of all its inner ancestors in ``inner`` (an
+    :func:`_inner_buffer`, overwritten with the sums along the paths from the roots). One gather per level,
+    then leaf rows in chunks of :data:`LEAF_CHUNK`."""
+    levels = _inner_levels(inner[:h.num_inner], h)
+    for depth in range(1, h.num_levels):
+        if levels[depth].numel():
+            levels[depth].add_(levels[depth - 1].index_select(0, h.levels[depth].inner_parent_local))
     for start in range(0, h.num_leaves, LEAF_CHUNK):
         rows = h.leaf_parent_inner[start:start + LEAF_CHUNK]
-        grad_leaf[start:start + rows.numel()] += total.index_select(0, rows)
+        leaf[start:start + rows.numel()] += inner.index_select(0, rows)
+
+
+def _add_inner_means_grad(grad_mean: Tensor, h: Hierarchy, grad_leaf: Tensor) -> None:
+    """Adjoint of :func:`_inner_means`: add to ``grad_leaf`` ``[N, H, d]`` what reaches each leaf through the
+    means of its inner ancestors, given their gradient in an :func:`_inner_buffer` (overwritten)."""
+    grad_mean[:h.num_inner].div_(h.inner_leaf_count.to(grad_mean.dtype).view(-1, 1, 1))
+    _add_path_sums(grad_mean, h, grad_leaf)
 
 
 def _self_logits(q: Tensor, k: Tensor, pos: Tensor | None, h: Hierarchy, scale: float) -> Tensor:
@@ -279,22 +305,6 @@ def _upward_mass(e: Tensor, self_logit: Tensor | None, h: Hierarchy) -> tuple[li
     return a_levels, z_levels
 
 
-def _push_down(y: Tensor, h: Hierarchy) -> None:
-    """In place on level-ordered ``[T, H, d]``: every node adds its parent's (already final) row, so that
-    each node ends with the sum over its path from the root. Leaf-sized levels go in chunks of rows."""
-    levels = y.split(h.level_sizes)
-    for depth in range(1, h.num_levels):
-        parent_local, above, rows = h.levels[depth].parent_local, levels[depth - 1], levels[depth]
-        for start in range(0, rows.size(0), LEAF_CHUNK):
-            stop = min(start + LEAF_CHUNK, rows.size(0))
-            rows[start:stop] += above.index_select(0, parent_local[start:stop])
-
-
-def _leaf_rows(y: Tensor, h: Hierarchy) -> Tensor:
-    """Leaf rows ``[N, ...]`` (leaf order) of level-ordered ``[T, ...]``: a view when leaves come last."""
-    return y[-h.num_leaves:] if h.leaves_last else y.index_select(0, h.leaf_slot)
-
-
 def _rowwise_dot(x: Tensor, y: Tensor) -> Tensor:
     """``[N, H]`` dot products over the last dim of ``[N, H, d]`` tensors, in chunks of rows."""
     out = x.new_empty(x.shape[:-1])
@@ -308,7 +318,7 @@ def _attention(q: Tensor, k: Tensor, pos: Tensor | None, self_logit: Tensor | No
                scale: float) -> HSAAttention:
     """Factored attention from sibling-pair logits: grouped logsumexp gives ``e``, the gates give the rest."""
     b, s = h.sibling_index
-    logit = (_node_rows(b, q, _inner_means(q, h), h) * _node_rows(s, k, _inner_means(k, h), h)).sum(-1) * scale
+    logit = (node_means(q, h)[b] * node_means(k, h)[s]).sum(-1) * scale
     if pos is not None:
         logit = logit + (pos[b] * pos[s]).sum(-1)
     slot_b = h.node_slot[b]
@@ -326,13 +336,6 @@ def _grouped_logsumexp(x: Tensor, index: Tensor, size: int) -> Tensor:
     top = x.new_full((size, x.size(1)), NEG).scatter_reduce(0, expanded, x.detach(), "amax")
     total = x.new_zeros(size, x.size(1)).scatter_add(0, expanded, torch.exp(x - top[index]))
     return torch.where(total > 0, top + total.clamp(min=torch.finfo(x.dtype).tiny).log(), NEG)
-
-
-def _node_rows(nodes: Tensor, leaf_x: Tensor, inner_x: Tensor, h: Hierarchy) -> Tensor:
-    """Rows of arbitrary nodes from leaf rows and inner rows."""
-    leaf = h.is_leaf[nodes]
-    return torch.where(leaf[:, None, None], leaf_x[h.node_leaf[nodes].clamp(min=0)],
-                       inner_x[h.inner_index[nodes].clamp(min=0)])
 
 
 # ---------------------------------------------------------------------- family attention
@@ -408,11 +411,12 @@ class _BlockInputs:
 class _HSAFunction(torch.autograd.Function):
     """The whole DP as one autograd node: outputs ``[N, H, d]`` and the sibling masses ``e`` ``[T, H]``.
 
-    Forward: family attention block by block into a level-ordered buffer ``y`` that holds ``theta``, is scaled
-    in place by the gates and pushed down the tree, and whose leaf rows are the output. Backward: recompute the
-    blocks twice, first for the gates' gradients (``<G(B), theta(B)>`` with ``G(B)`` the output gradient summed
-    over the leaves below ``B``), then for the block gradients. No leaf-sized temporary besides the gradients.
-    ``e`` is not differentiable (it feeds the factored attention only).
+    Forward: family attention block by block writes ``theta`` of the leaves into the output and that of the
+    inner nodes into a ``[K, H, d]`` buffer; both are scaled in place by the gates, and every leaf adds the
+    rows of its inner ancestors. Backward: recompute the blocks twice, first for the gates' gradients
+    (``<G(B), theta(B)>`` with ``G(B)`` the output gradient summed over the leaves below ``B``), then for the
+    block gradients, for groups of heads within :data:`BACKWARD_INNER_BYTES`. No leaf-sized temporary besides
+    the output and the gradients. ``e`` is not differentiable (it feeds the factored attention only).
     """
 
     @staticmethod
@@ -420,18 +424,21 @@ class _HSAFunction(torch.autograd.Function):
         h = hierarchy
         means = [_inner_means(x, h) for x in (q, k, v)]
         e = q.new_full((h.num_nodes, q.size(1)), NEG)
-        y = q.new_zeros(h.num_nodes, *v.shape[1:])
+        out, y_inner = q.new_zeros(h.num_leaves, *v.shape[1:]), _inner_buffer(v, h)
         for block in h.blocks:
             inputs = _BlockInputs(block, q, k, v, *means, pos, scale)
             _write_rows(block.rows, inputs.lse, e)
-            _write_rows(block.rows, torch.matmul(inputs.weight, inputs.v), y)
+            _scatter_add(block.rows, torch.matmul(inputs.weight, inputs.v), out, y_inner)
         gates = _gates(e, self_logit, h)
-        y.mul_(gates.gain.unsqueeze(-1))
-        _push_down(y, h)
-        out = _leaf_rows(y, h)
+        out.mul_(gates.gain[h.leaf_slot].unsqueeze(-1))
+        y_inner[:h.num_inner].mul_(gates.gain[h.inner_slot].unsqueeze(-1))
+        _add_path_sums(y_inner, h, out)
+        del y_inner
         if gates.keep is not None:
             out.addcmul_(gates.keep.unsqueeze(-1), v)
-        ctx.save_for_backward(q, k, v, *means, pos, self_logit, e, gates.gain, gates.keep)
+        ctx.head_groups = _head_groups(h, q)
+        kept_means = means if len(ctx.head_groups) == 1 else [None] * 3
+        ctx.save_for_backward(q, k, v, *kept_means, pos, self_logit, e, gates.gain, gates.keep)
         ctx.hierarchy, ctx.scale = h, scale
         ctx.mark_non_differentiable(e)
         return out, e
@@ -440,28 +447,64 @@ class _HSAFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out, _grad_e):
         q, k, v, q_in, k_in, v_in, pos, self_logit, e, gain, keep = ctx.saved_tensors
-        h, scale = ctx.hierarchy, ctx.scale
+        h = ctx.hierarchy
         grad_out = grad_out.contiguous()
-        grad_in = _inner_sums(grad_out, h)
-        operands = (q, k, v, q_in, k_in, v_in, pos, scale)
-        grad_gain = torch.zeros_like(e)
-        for block in h.blocks:
-            inputs = _BlockInputs(block, *operands)
-            theta = torch.matmul(inputs.weight, inputs.v)
-            g_rows = _gather(block.rows, grad_out, grad_in, block.families)
-            _write_rows(block.rows, (theta * g_rows).sum(-1), grad_gain)
-        grad_keep = _rowwise_dot(grad_out, v) if keep is not None else None
-        grad_e, grad_self = _gates_backward(e, self_logit, h, grad_gain, grad_keep)
-        grads = [torch.zeros_like(x) for x in (q, k, v, q_in, k_in, v_in)]
+        grads = [torch.zeros_like(x) for x in (q, k, v)]
         grad_pos = torch.zeros_like(pos) if pos is not None else None
-        for block in h.blocks:
-            _block_backward(block, _BlockInputs(block, *operands), grad_e, grad_out, grad_in, gain, grads,
-                            grad_pos, scale)
-        if keep is not None:
-            grads[2].addcmul_(keep.unsqueeze(-1), grad_out)
-        for grad_leaf, grad_mean in zip(grads[:3], grads[3:]):
-            _add_inner_means_grad(grad_mean, h, grad_leaf)
-        return (*grads[:3], grad_pos, grad_self, None, None)
+        grad_self = torch.zeros_like(self_logit) if self_logit is not None else None
+        pos_per_head = pos is not None and pos.size(1) > 1
+        for heads in ctx.head_groups:
+            pick = functools.partial(_select_heads, heads=heads)
+            means = [pick(x) for x in (q_in, k_in, v_in)] if q_in is not None else [
+                _inner_means(pick(x), h) for x in (q, k, v)]
+            _backward_heads(h, ctx.scale, pick(q), pick(k), pick(v), means,
+                            pick(pos) if pos_per_head else pos, pick(self_logit), pick(e), pick(gain),
+                            pick(keep), pick(grad_out), [pick(g) for g in grads],
+                            pick(grad_pos) if pos_per_head else grad_pos, pick(grad_self))
+        return (*grads, grad_pos, grad_self, None, None)
+
+
+def _select_heads(x: Tensor | None, heads: slice) -> Tensor | None:
+    """The heads ``heads`` of ``[rows, H, ...]`` (a view), or None."""
+    return None if x is None else x[:, heads]
+
+
+def _head_groups(h: Hierarchy, q: Tensor) -> list[slice]:
+    """Groups of heads the backward pass handles at once, within :data:`BACKWARD_INNER_BYTES`."""
+    heads = q.size(1)
+    per_head = 7 * h.num_inner * q.size(-1) * q.element_size()
+    size = max(1, min(heads, BACKWARD_INNER_BYTES // max(per_head, 1)))
+    return [slice(start, min(start + size, heads)) for start in range(0, heads, size)]
+
+
+def _backward_heads(h: Hierarchy, scale: float, q: Tensor, k: Tensor, v: Tensor, means: list[Tensor],
+                    pos: Tensor | None, self_logit: Tensor | None, e: Tensor, gain: Tensor,
+                    keep: Tensor | None, grad_out: Tensor, grads: list[Tensor], grad_pos: Tensor | None,
+                    grad_self: Tensor | None) -> None:
+    """The backward pass for a group of heads: every argument holds those heads only (``pos`` and
+    ``grad_pos`` all of theirs when shared by the heads); adds into ``grads`` (q, k, v), ``grad_pos`` and
+    ``grad_self``. Recomputes the blocks twice, first for the gates' gradients, then for the block gradients."""
+    grad_in = _inner_sums(grad_out, h)
+    operands = (q, k, v, *means, pos, scale)
+    grad_gain = torch.zeros_like(e)
+    for block in h.blocks:
+        inputs = _BlockInputs(block, *operands)
+        theta = torch.matmul(inputs.weight, inputs.v)
+        g_rows = _gather(block.rows, grad_out, grad_in, block.families)
+        _write_rows(block.rows, (theta * g_rows).sum(-1), grad_gain)
+    grad_keep = _rowwise_dot(grad_out, v) if keep is not None else None
+    grad_e, grad_self_part = _gates_backward(e, self_logit, h, grad_gain, grad_keep)
+    if grad_self is not None:
+        grad_self.copy_(grad_self_part)
+    grad_means = [_inner_buffer(x, h) for x in means]
+    all_grads = grads + [g[:h.num_inner] for g in grad_means]
+    for block in h.blocks:
+        _block_backward(block, _BlockInputs(block, *operands), grad_e, grad_out, grad_in, gain, all_grads,
+                        grad_pos, scale)
+    if keep is not None:
+        grads[2].addcmul_(keep.unsqueeze(-1), grad_out)
+    for grad_leaf, grad_mean in zip(grads, grad_means):
+        _add_inner_means_grad(grad_mean, h, grad_leaf)
 
 
 def _gates_backward(e: Tensor, self_logit: Tensor | None, h: Hierarchy, grad_gain: Tensor,

@@ -385,8 +385,7 @@ class Hierarchy:
         inner_nodes = self.level_node[~self.is_leaf[self.level_node]]
         self.inner_leaf_count = self.leaf_count[inner_nodes]
         self.leaf_slot = self.node_slot[self.leaf_node]
-        tail = torch.arange(self.num_nodes - self.num_leaves, self.num_nodes, device=self.device)
-        self.leaves_last = bool((self.leaf_slot == tail).all())
+        self.inner_slot = (~self.is_leaf[self.level_node]).nonzero().view(-1)
         level_rows = torch.cat([level.leaf_row for level in self.levels])
         identity = bool((level_rows == torch.arange(self.num_leaves, device=self.device)).all())
         self.leaf_gather = None if identity else torch.argsort(level_rows)

@@ -268,6 +268,26 @@ def test_small_blocks_and_leaf_chunks_give_the_same_result(monkeypatch) -> None:
         torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("pos_per_head", [False, True])
+@pytest.mark.parametrize("include_self", [False, True])
+def test_backward_by_groups_of_heads_gives_the_same_gradients(monkeypatch, pos_per_head: bool,
+                                                              include_self: bool) -> None:
+    import hgattn.functional as functional_module
+
+    monkeypatch.setattr(functional_module, "BACKWARD_INNER_BYTES", 1)
+    parent = forest(random_tree(random.Random(2), 25, max_children=5), flat_tree(4))
+    h = Hierarchy.from_parent(parent)
+    q, k, v, _ = make_inputs(parent, heads=3)
+    assert len(functional_module._head_groups(h, q)) == 3
+    pos = 0.5 * torch.randn((len(parent), 3, 2) if pos_per_head else (len(parent), 2), dtype=DOUBLE)
+    inputs = [x.requires_grad_(True) for x in (q, k, v, pos)]
+    out = hsa(*inputs[:3], h, pos=inputs[3], include_self=include_self)
+    ref = hsa_reference(*inputs[:3], parent, pos=inputs[3], include_self=include_self)
+    upstream = torch.randn_like(out)
+    for g, r in zip(gradients(out, inputs, upstream), gradients(ref, inputs, upstream)):
+        torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("bad, message", [
     (lambda q, k, v, h: hsa(q[:-1], k[:-1], v[:-1], h), "rows but the hierarchy has"),
     (lambda q, k, v, h: hsa(q, k[..., :-1], v, h), "same shape"),
