@@ -29,6 +29,9 @@ LEAF_CHUNK = 1 << 15
 #: Bytes of inner-node state (query/key/value means, their gradients, summed output gradients) the backward
 #: pass may hold at once; above it the heads are processed in groups and the means recomputed per group.
 BACKWARD_INNER_BYTES = 1 << 30
+#: Bytes of dense blocks (operands, softmax, summaries) the forward pass may keep for the backward pass, which
+#: otherwise recomputes them twice: small problems, where the per-block overhead dominates, skip both.
+SAVED_BLOCKS_BYTES = 1 << 26
 
 
 @dataclass
@@ -114,7 +117,10 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     h = hierarchy
 
     self_logit = _self_logits(q, k, pos, h, scale) if include_self else None
-    out, e = _HSAFunction.apply(q, k, v, pos, self_logit, h, scale)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, pos, self_logit)):
+        out = _HSAFunction.apply(q, k, v, pos, self_logit, h, scale)
+    else:
+        out = _forward(q, k, v, pos, self_logit, h, scale)[0]
     out = out.to(out_dtype)
     if one_head:
         out = out.squeeze(1)
@@ -198,7 +204,7 @@ def node_means(x: Tensor, hierarchy: Hierarchy) -> Tensor:
 def _inner_sums(x: Tensor, h: Hierarchy) -> Tensor:
     """``[K, H, d]`` sum of ``x`` ``[N, H, d]`` over the leaves below each inner node (inner order), one
     scatter per level."""
-    base = x.new_zeros((h.num_inner + 1,) + x.shape[1:]).index_add_(0, h.leaf_parent_inner, x)
+    base = x.new_zeros((h.num_inner + 1,) + x.shape[1:]).index_add(0, h.leaf_parent_inner, x)
     sums = list(base[:h.num_inner].split(h.inner_level_sizes))
     for depth in range(h.num_levels - 2, -1, -1):
         below = sums[depth + 1]
@@ -207,41 +213,33 @@ def _inner_sums(x: Tensor, h: Hierarchy) -> Tensor:
     return torch.cat(sums)
 
 
-def _inner_levels(x: Tensor, h: Hierarchy) -> list[Tensor]:
-    """Per-depth views of inner-ordered ``x`` ``[K, ...]`` (``narrow``, so autograd allows writing into them)."""
-    starts = [level.inner_start for level in h.levels]
-    return [x.narrow(0, start, size) for start, size in zip(starts, h.inner_level_sizes)]
-
-
 def _inner_means(x: Tensor, h: Hierarchy) -> Tensor:
     """``[K, H, d]`` mean of ``x`` over the leaves below each inner node (inner order)."""
-    return _inner_sums(x, h).div_(h.inner_leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1)))
-
-
-def _inner_buffer(x: Tensor, h: Hierarchy) -> Tensor:
-    """Zeros ``[K + 1, H, ...]`` for rows of the inner nodes like ``x`` ``[N, H, ...]``; the spare last row
-    stands for the missing parent of root leaves (see :func:`_add_path_sums`)."""
-    return x.new_zeros((h.num_inner + 1,) + x.shape[1:])
+    return _inner_sums(x, h) / h.inner_leaf_count.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
 
 
 def _add_path_sums(inner: Tensor, h: Hierarchy, leaf: Tensor) -> None:
-    """Add to every leaf row of ``leaf`` ``[N, ...]`` the rows of all its inner ancestors in ``inner`` (an
-    :func:`_inner_buffer`, overwritten with the sums along the paths from the roots). One gather per level,
-    then leaf rows in chunks of :data:`LEAF_CHUNK`."""
-    levels = _inner_levels(inner[:h.num_inner], h)
-    for depth in range(1, h.num_levels):
-        if levels[depth].numel():
-            levels[depth].add_(levels[depth - 1].index_select(0, h.levels[depth].inner_parent_local))
+    """Add to every leaf row of ``leaf`` ``[N, ...]`` the rows ``inner`` ``[K, ...]`` of all its inner
+    ancestors. One gather per level, then leaf rows in chunks of :data:`LEAF_CHUNK`.
+
+    The sums along the paths are built out of place: inductor (torch 2.13) miscompiles the in-place version
+    (level views of one buffer reading each other)."""
+    totals, above = [], None
+    for level, part in zip(h.levels, inner.split(h.inner_level_sizes)):
+        if above is not None and part.numel():
+            part = part + above.index_select(0, level.inner_parent_local)
+        totals.append(part)
+        above = part
+    total = torch.cat(totals + [inner.new_zeros((1,) + inner.shape[1:])])   # row K: the parent of root leaves
     for start in range(0, h.num_leaves, LEAF_CHUNK):
         rows = h.leaf_parent_inner[start:start + LEAF_CHUNK]
-        leaf[start:start + rows.numel()] += inner.index_select(0, rows)
+        leaf[start:start + rows.numel()] += total.index_select(0, rows)
 
 
 def _add_inner_means_grad(grad_mean: Tensor, h: Hierarchy, grad_leaf: Tensor) -> None:
     """Adjoint of :func:`_inner_means`: add to ``grad_leaf`` ``[N, H, d]`` what reaches each leaf through the
-    means of its inner ancestors, given their gradient in an :func:`_inner_buffer` (overwritten)."""
-    grad_mean[:h.num_inner].div_(h.inner_leaf_count.to(grad_mean.dtype).view(-1, 1, 1))
-    _add_path_sums(grad_mean, h, grad_leaf)
+    means of its inner ancestors, given their gradient ``[K, H, d]``."""
+    _add_path_sums(grad_mean / h.inner_leaf_count.to(grad_mean.dtype).view(-1, 1, 1), h, grad_leaf)
 
 
 def _self_logits(q: Tensor, k: Tensor, pos: Tensor | None, h: Hierarchy, scale: float) -> Tensor:
@@ -406,46 +404,64 @@ class _BlockInputs:
         total = logit.sub_(top).exp_().sum(dim=-1, keepdim=True)
         self.lse = (top + total.log()).squeeze(-1)
         self.weight = logit.div_(total)
+        self.theta = torch.matmul(self.weight, self.v)
+
+    def nbytes(self) -> int:
+        parts = (self.q, self.k, self.v, self.pos_rows, self.pos_cols, self.lse, self.weight, self.theta)
+        return sum(x.numel() * x.element_size() for x in parts if x is not None)
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, self_logit: Tensor | None, h: Hierarchy,
+             scale: float, keep_blocks: bool = False
+             ) -> tuple[Tensor, Tensor, _Gates, list[Tensor], list[_BlockInputs] | None]:
+    """The DP's forward pass: the output ``[N, H, d]``, the sibling masses ``e`` ``[T, H]``, the gates, the
+    inner means of q, k, v and, with ``keep_blocks``, the blocks while they fit in :data:`SAVED_BLOCKS_BYTES`
+    (else None)."""
+    means = [_inner_means(x, h) for x in (q, k, v)]
+    e = q.new_full((h.num_nodes, q.size(1)), NEG)
+    out, y_inner = q.new_zeros(h.num_leaves, *v.shape[1:]), q.new_zeros(h.num_inner, *v.shape[1:])
+    saved, saved_bytes = ([] if keep_blocks else None), 0
+    for block in h.blocks:
+        inputs = _BlockInputs(block, q, k, v, *means, pos, scale)
+        _write_rows(block.rows, inputs.lse, e)
+        _scatter_add(block.rows, inputs.theta, out, y_inner)
+        if saved is not None:
+            saved_bytes += inputs.nbytes()
+            saved = saved + [inputs] if saved_bytes <= SAVED_BLOCKS_BYTES else None
+    gates = _gates(e, self_logit, h)
+    out.mul_(gates.gain[h.leaf_slot].unsqueeze(-1))
+    y_inner.mul_(gates.gain[h.inner_slot].unsqueeze(-1))
+    _add_path_sums(y_inner, h, out)
+    if gates.keep is not None:
+        out.addcmul_(gates.keep.unsqueeze(-1), v)
+    return out, e, gates, means, saved
 
 
 class _HSAFunction(torch.autograd.Function):
-    """The whole DP as one autograd node: outputs ``[N, H, d]`` and the sibling masses ``e`` ``[T, H]``.
+    """The whole DP as one autograd node: the output ``[N, H, d]``.
 
     Forward: family attention block by block writes ``theta`` of the leaves into the output and that of the
     inner nodes into a ``[K, H, d]`` buffer; both are scaled in place by the gates, and every leaf adds the
     rows of its inner ancestors. Backward: recompute the blocks twice, first for the gates' gradients
     (``<G(B), theta(B)>`` with ``G(B)`` the output gradient summed over the leaves below ``B``), then for the
     block gradients, for groups of heads within :data:`BACKWARD_INNER_BYTES`. No leaf-sized temporary besides
-    the output and the gradients. ``e`` is not differentiable (it feeds the factored attention only).
+    the output and the gradients. Without gradients :func:`hsa` calls :func:`_forward` directly.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, pos, self_logit, hierarchy, scale):
         h = hierarchy
-        means = [_inner_means(x, h) for x in (q, k, v)]
-        e = q.new_full((h.num_nodes, q.size(1)), NEG)
-        out, y_inner = q.new_zeros(h.num_leaves, *v.shape[1:]), _inner_buffer(v, h)
-        for block in h.blocks:
-            inputs = _BlockInputs(block, q, k, v, *means, pos, scale)
-            _write_rows(block.rows, inputs.lse, e)
-            _scatter_add(block.rows, torch.matmul(inputs.weight, inputs.v), out, y_inner)
-        gates = _gates(e, self_logit, h)
-        out.mul_(gates.gain[h.leaf_slot].unsqueeze(-1))
-        y_inner[:h.num_inner].mul_(gates.gain[h.inner_slot].unsqueeze(-1))
-        _add_path_sums(y_inner, h, out)
-        del y_inner
-        if gates.keep is not None:
-            out.addcmul_(gates.keep.unsqueeze(-1), v)
         ctx.head_groups = _head_groups(h, q)
+        keep_blocks = len(ctx.head_groups) == 1 and not torch.compiler.is_compiling()
+        out, e, gates, means, ctx.saved_blocks = _forward(q, k, v, pos, self_logit, h, scale, keep_blocks)
         kept_means = means if len(ctx.head_groups) == 1 else [None] * 3
         ctx.save_for_backward(q, k, v, *kept_means, pos, self_logit, e, gates.gain, gates.keep)
         ctx.hierarchy, ctx.scale = h, scale
-        ctx.mark_non_differentiable(e)
-        return out, e
+        return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out, _grad_e):
+    def backward(ctx, grad_out):
         q, k, v, q_in, k_in, v_in, pos, self_logit, e, gain, keep = ctx.saved_tensors
         h = ctx.hierarchy
         grad_out = grad_out.contiguous()
@@ -460,7 +476,8 @@ class _HSAFunction(torch.autograd.Function):
             _backward_heads(h, ctx.scale, pick(q), pick(k), pick(v), means,
                             pick(pos) if pos_per_head else pos, pick(self_logit), pick(e), pick(gain),
                             pick(keep), pick(grad_out), [pick(g) for g in grads],
-                            pick(grad_pos) if pos_per_head else grad_pos, pick(grad_self))
+                            pick(grad_pos) if pos_per_head else grad_pos, pick(grad_self), ctx.saved_blocks)
+        ctx.saved_blocks = None
         return (*grads, grad_pos, grad_self, None, None)
 
 
@@ -480,27 +497,28 @@ def _head_groups(h: Hierarchy, q: Tensor) -> list[slice]:
 def _backward_heads(h: Hierarchy, scale: float, q: Tensor, k: Tensor, v: Tensor, means: list[Tensor],
                     pos: Tensor | None, self_logit: Tensor | None, e: Tensor, gain: Tensor,
                     keep: Tensor | None, grad_out: Tensor, grads: list[Tensor], grad_pos: Tensor | None,
-                    grad_self: Tensor | None) -> None:
+                    grad_self: Tensor | None, saved_blocks: list[_BlockInputs] | None) -> None:
     """The backward pass for a group of heads: every argument holds those heads only (``pos`` and
     ``grad_pos`` all of theirs when shared by the heads); adds into ``grads`` (q, k, v), ``grad_pos`` and
-    ``grad_self``. Recomputes the blocks twice, first for the gates' gradients, then for the block gradients."""
+    ``grad_self``. Uses the forward pass's ``saved_blocks`` (all heads) or recomputes the blocks twice, first
+    for the gates' gradients, then for the block gradients."""
     grad_in = _inner_sums(grad_out, h)
     operands = (q, k, v, *means, pos, scale)
     grad_gain = torch.zeros_like(e)
-    for block in h.blocks:
-        inputs = _BlockInputs(block, *operands)
-        theta = torch.matmul(inputs.weight, inputs.v)
+    def block_inputs():
+        return saved_blocks if saved_blocks is not None else (_BlockInputs(b, *operands) for b in h.blocks)
+
+    for block, inputs in zip(h.blocks, block_inputs()):
         g_rows = _gather(block.rows, grad_out, grad_in, block.families)
-        _write_rows(block.rows, (theta * g_rows).sum(-1), grad_gain)
+        _write_rows(block.rows, (inputs.theta * g_rows).sum(-1), grad_gain)
     grad_keep = _rowwise_dot(grad_out, v) if keep is not None else None
     grad_e, grad_self_part = _gates_backward(e, self_logit, h, grad_gain, grad_keep)
     if grad_self is not None:
         grad_self.copy_(grad_self_part)
-    grad_means = [_inner_buffer(x, h) for x in means]
-    all_grads = grads + [g[:h.num_inner] for g in grad_means]
-    for block in h.blocks:
-        _block_backward(block, _BlockInputs(block, *operands), grad_e, grad_out, grad_in, gain, all_grads,
-                        grad_pos, scale)
+    grad_means = [torch.zeros_like(x) for x in means]
+    all_grads = grads + grad_means
+    for block, inputs in zip(h.blocks, block_inputs()):
+        _block_backward(block, inputs, grad_e, grad_out, grad_in, gain, all_grads, grad_pos, scale)
     if keep is not None:
         grads[2].addcmul_(keep.unsqueeze(-1), grad_out)
     for grad_leaf, grad_mean in zip(grads, grad_means):

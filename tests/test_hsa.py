@@ -250,12 +250,16 @@ def test_value_dim_may_differ() -> None:
                                rtol=0, atol=1e-12)
 
 
-def test_small_blocks_and_leaf_chunks_give_the_same_result(monkeypatch) -> None:
+@pytest.mark.parametrize("saved_blocks_bytes", [0, 1 << 20])
+def test_small_blocks_and_leaf_chunks_give_the_same_result(monkeypatch, saved_blocks_bytes: int) -> None:
+    """Blocks split by rows, leaf rows in chunks, and the backward pass with the forward's blocks kept or
+    recomputed."""
     import hgattn.functional as functional_module
     import hgattn.hierarchy as hierarchy_module
 
     monkeypatch.setattr(hierarchy_module, "BLOCK_BUDGET", 64)
     monkeypatch.setattr(functional_module, "LEAF_CHUNK", 5)
+    monkeypatch.setattr(functional_module, "SAVED_BLOCKS_BYTES", saved_blocks_bytes)
     parent = forest(flat_tree(23), random_tree(random.Random(1), 30, max_children=9))
     h = Hierarchy.from_parent(parent)
     assert any(block.num_rows < block.width for block in h.blocks)
