@@ -412,11 +412,11 @@ class _BlockInputs:
 
 
 def _forward(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, self_logit: Tensor | None, h: Hierarchy,
-             scale: float, keep_blocks: bool = False
-             ) -> tuple[Tensor, Tensor, _Gates, list[Tensor], list[_BlockInputs] | None]:
+             scale: float, keep_blocks: bool = False, keep_means: bool = False
+             ) -> tuple[Tensor, Tensor, _Gates, list[Tensor] | None, list[_BlockInputs] | None]:
     """The DP's forward pass: the output ``[N, H, d]``, the sibling masses ``e`` ``[T, H]``, the gates, the
-    inner means of q, k, v and, with ``keep_blocks``, the blocks while they fit in :data:`SAVED_BLOCKS_BYTES`
-    (else None)."""
+    inner means of q, k, v with ``keep_means`` (else None, freed before the downward pass), and, with
+    ``keep_blocks``, the blocks while they fit in :data:`SAVED_BLOCKS_BYTES` (else None)."""
     means = [_inner_means(x, h) for x in (q, k, v)]
     e = q.new_full((h.num_nodes, q.size(1)), NEG)
     out, y_inner = q.new_zeros(h.num_leaves, *v.shape[1:]), q.new_zeros(h.num_inner, *v.shape[1:])
@@ -428,6 +428,8 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, self_logit: Te
         if saved is not None:
             saved_bytes += inputs.nbytes()
             saved = saved + [inputs] if saved_bytes <= SAVED_BLOCKS_BYTES else None
+    if not keep_means:
+        means = None
     gates = _gates(e, self_logit, h)
     out.mul_(gates.gain[h.leaf_slot].unsqueeze(-1))
     y_inner.mul_(gates.gain[h.inner_slot].unsqueeze(-1))
@@ -452,10 +454,11 @@ class _HSAFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, pos, self_logit, hierarchy, scale):
         h = hierarchy
         ctx.head_groups = _head_groups(h, q)
-        keep_blocks = len(ctx.head_groups) == 1 and not torch.compiler.is_compiling()
-        out, e, gates, means, ctx.saved_blocks = _forward(q, k, v, pos, self_logit, h, scale, keep_blocks)
-        kept_means = means if len(ctx.head_groups) == 1 else [None] * 3
-        ctx.save_for_backward(q, k, v, *kept_means, pos, self_logit, e, gates.gain, gates.keep)
+        single = len(ctx.head_groups) == 1
+        out, e, gates, means, ctx.saved_blocks = _forward(q, k, v, pos, self_logit, h, scale,
+                                                          keep_blocks=single and not torch.compiler.is_compiling(),
+                                                          keep_means=single)
+        ctx.save_for_backward(q, k, v, *(means or [None] * 3), pos, self_logit, e, gates.gain, gates.keep)
         ctx.hierarchy, ctx.scale = h, scale
         return out
 
