@@ -117,7 +117,7 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     h = hierarchy
 
     self_logit = _self_logits(q, k, pos, h, scale) if include_self else None
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, pos, self_logit)):
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, pos)):
         out = _HSAFunction.apply(q, k, v, pos, self_logit, h, scale)
     else:
         out = _forward(q, k, v, pos, self_logit, h, scale)[0]
@@ -508,6 +508,7 @@ def _backward_heads(h: Hierarchy, scale: float, q: Tensor, k: Tensor, v: Tensor,
     grad_in = _inner_sums(grad_out, h)
     operands = (q, k, v, *means, pos, scale)
     grad_gain = torch.zeros_like(e)
+
     def block_inputs():
         return saved_blocks if saved_blocks is not None else (_BlockInputs(b, *operands) for b in h.blocks)
 

@@ -372,9 +372,9 @@ class Hierarchy:
         self.level_node = torch.cat(levels)
         self.node_slot = slot
         self.inner_index = torch.full_like(parent, -1)
-        inner_nodes = self.level_node[~self.is_leaf[self.level_node]]
-        self.num_inner = inner_nodes.numel()
-        self.inner_index[inner_nodes] = torch.arange(self.num_inner, device=parent.device)
+        self.inner_slot = (~self.is_leaf[self.level_node]).nonzero().view(-1)
+        self.num_inner = self.inner_slot.numel()
+        self.inner_index[self.level_node[self.inner_slot]] = torch.arange(self.num_inner, device=parent.device)
         self.leaf_count = self._count_leaves()
         self.height = self._heights()
 
@@ -382,10 +382,8 @@ class Hierarchy:
         """Leaf -> parent's inner row (``num_inner`` for a root leaf) and the leaf order of level-ordered rows."""
         parent = self.parent[self.leaf_node]
         self.leaf_parent_inner = torch.where(parent >= 0, self.inner_index[parent.clamp(min=0)], self.num_inner)
-        inner_nodes = self.level_node[~self.is_leaf[self.level_node]]
-        self.inner_leaf_count = self.leaf_count[inner_nodes]
+        self.inner_leaf_count = self.leaf_count[self.level_node[self.inner_slot]]
         self.leaf_slot = self.node_slot[self.leaf_node]
-        self.inner_slot = (~self.is_leaf[self.level_node]).nonzero().view(-1)
         level_rows = torch.cat([level.leaf_row for level in self.levels])
         identity = bool((level_rows == torch.arange(self.num_leaves, device=self.device)).all())
         self.leaf_gather = None if identity else torch.argsort(level_rows)
