@@ -427,7 +427,10 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, self_logit: Te
         _scatter_add(block.rows, inputs.theta, out, y_inner)
         if saved is not None:
             saved_bytes += inputs.nbytes()
-            saved = saved + [inputs] if saved_bytes <= SAVED_BLOCKS_BYTES else None
+            if saved_bytes <= SAVED_BLOCKS_BYTES:
+                saved.append(inputs)
+            else:
+                saved = None
     if not keep_means:
         means = None
     gates = _gates(e, self_logit, h)
