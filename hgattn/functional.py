@@ -288,17 +288,22 @@ def _gates(e: Tensor, self_logit: Tensor | None, h: Hierarchy) -> _Gates:
 
 
 def _upward_mass(e: Tensor, self_logit: Tensor | None, h: Hierarchy) -> tuple[list[Tensor], list[Tensor]]:
-    """Per level ``a`` (self mass) and ``z`` (partition), ``[n_level, H]`` each, indexed by depth."""
+    """Per level ``a`` (self mass) and ``z`` (partition), ``[n_level, H]`` each, indexed by depth.
+
+    The leaves' ``log 0`` is applied last, with ``where``: inductor (torch 2.13, CPU) miscompiled
+    ``new_zeros().masked_fill().index_add()`` here (``z`` computed from the tensor before the ``index_add``)."""
     a_levels, z_levels = [None] * h.num_levels, [None] * h.num_levels
     e_levels = e.split(h.level_sizes)
     for depth in range(h.num_levels - 1, -1, -1):
         level, e_level = h.levels[depth], e_levels[depth]
-        a = e_level.new_zeros(e_level.shape).masked_fill(level.leaf_mask[:, None], NEG)
+        a = e_level.new_zeros(e_level.shape)
         if self_logit is not None and level.leaf_local.numel():
             a = a.index_copy(0, level.leaf_local, self_logit[level.leaf_row])
         if depth + 1 < h.num_levels:
             child = h.levels[depth + 1]
             a = a.index_add(0, child.parent_local, z_levels[depth + 1] * child.child_weight.to(e.dtype)[:, None])
+        if self_logit is None:
+            a = torch.where(level.leaf_mask[:, None], NEG, a)
         a_levels[depth], z_levels[depth] = a, torch.logaddexp(a, e_level)
     return a_levels, z_levels
 
@@ -340,7 +345,7 @@ def _grouped_logsumexp(x: Tensor, index: Tensor, size: int) -> Tensor:
 def _gather(spec: GatherSpec, leaf_x: Tensor, inner_x: Tensor, families: int) -> Tensor:
     """Block rows heads-first, ``[H, F, size / F, d]``, from leaf and inner rows ``[*, H, d]``; padding is 0."""
     heads, dim = leaf_x.shape[1:]
-    if spec.leaf_start >= 0:
+    if _reads_leaf_view(spec):
         out = leaf_x.narrow(0, spec.leaf_start, spec.size).transpose(0, 1).contiguous()
     else:
         out = leaf_x.new_zeros(heads, spec.size, dim)
@@ -351,10 +356,17 @@ def _gather(spec: GatherSpec, leaf_x: Tensor, inner_x: Tensor, families: int) ->
     return out.view(heads, families, -1, dim)
 
 
+def _reads_leaf_view(spec: GatherSpec) -> bool:
+    """Whether a block reads (and adds back) its leaf rows as a view of a contiguous range. Not under
+    torch.compile: with it, inductor (torch 2.13, CPU) gave wrong values now and then (random trees with
+    ``include_self``); the index path compiles exactly."""
+    return spec.leaf_start >= 0 and not torch.compiler.is_compiling()
+
+
 def _scatter_add(spec: GatherSpec, grad: Tensor, leaf_g: Tensor, inner_g: Tensor) -> None:
     """Adjoint of :func:`_gather`: add ``[H, F, R, d]`` block rows into ``[*, H, d]`` gradients."""
     grad = grad.reshape(grad.size(0), spec.size, grad.size(-1))
-    if spec.leaf_start >= 0:
+    if _reads_leaf_view(spec):
         leaf_g.narrow(0, spec.leaf_start, spec.size).add_(grad.transpose(0, 1))
         return
     if spec.leaf_pos.numel():

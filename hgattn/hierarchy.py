@@ -26,6 +26,9 @@ __all__ = ["Hierarchy", "FamilyBlock", "GatherSpec"]
 BLOCK_BUDGET = 1 << 18
 #: Families whose sizes differ by at most this factor share one padded block.
 BUCKET_GROWTH = 1.25
+#: Fewest leaves a run of adjacent all-leaf families must cover to get blocks of its own that read the leaf rows
+#: as a view: below it, copying the rows costs less than the extra blocks.
+MIN_CONTIGUOUS_LEAVES = 4096
 
 
 @dataclass(frozen=True)
@@ -465,7 +468,7 @@ class Hierarchy:
         for nt in x_dict:
             if nt not in self.node_slices:
                 raise ValueError(f"features given for unknown node type {nt!r}")
-        return torch.cat(parts, dim=0)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
     def split_leaves(self, out: Tensor) -> dict[str, Tensor]:
         """Split ``[N, ...]`` leaf rows back into a per-node-type dict (leaf types only)."""
@@ -704,8 +707,9 @@ def _bucket_widths(sizes: list[int]) -> dict[int, int]:
 def _family_blocks(h: Hierarchy) -> list[FamilyBlock]:
     """Group the families with two or more children into padded dense blocks (see :class:`FamilyBlock`).
 
-    Within a width, families of exactly ``width`` leaves come first, in leaf order, so that their blocks
-    gather contiguous leaf rows (a view instead of a copy).
+    Within a width, runs of families of exactly ``width`` leaves whose leaf rows follow each other, covering at
+    least :data:`MIN_CONTIGUOUS_LEAVES` leaves, get blocks of their own that gather contiguous leaf rows (a view
+    instead of a copy); all other families of the width share blocks (fewer blocks for small inputs).
     """
     parent = h.parent
     counts = h.child_ptr[1:] - h.child_ptr[:-1]
@@ -716,15 +720,30 @@ def _family_blocks(h: Hierarchy) -> list[FamilyBlock]:
     widths_of = _bucket_widths(torch.unique(sizes).tolist())
     widths = torch.tensor([widths_of[s] for s in sizes.tolist()], device=parent.device)
     leaf_children = torch.bincount(parent[h.leaf_node].clamp(min=0), minlength=h.num_nodes)[families]
-    first_child = h.child_index[h.child_ptr[families]]
+    first_leaf = h.node_leaf[h.child_index[h.child_ptr[families]]]
     blocks = []
     for width in sorted(set(widths_of.values())):
         in_bucket = widths == width
         full_leaf = in_bucket & (leaf_children == sizes) & (sizes == width)
-        members = families[full_leaf][torch.argsort(first_child[full_leaf])]
-        blocks += _bucket_blocks(h, members, width)
-        blocks += _bucket_blocks(h, families[in_bucket & ~full_leaf], width)
+        order = torch.argsort(first_leaf[full_leaf])
+        runs = _contiguous_runs(first_leaf[full_leaf][order], width)
+        members = families[full_leaf][order]
+        long_runs = torch.zeros_like(full_leaf)
+        for start, stop in runs:
+            blocks += _bucket_blocks(h, members[start:stop], width)
+            long_runs[full_leaf.nonzero().view(-1)[order[start:stop]]] = True
+        blocks += _bucket_blocks(h, families[in_bucket & ~long_runs], width)
     return blocks
+
+
+def _contiguous_runs(first_leaf: Tensor, width: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges of sorted family first-leaf rows that follow each other by ``width``, covering
+    at least :data:`MIN_CONTIGUOUS_LEAVES` leaves."""
+    if first_leaf.numel() == 0:
+        return []
+    breaks = ((first_leaf[1:] - first_leaf[:-1]) != width).nonzero().view(-1) + 1
+    bounds = [0] + breaks.tolist() + [first_leaf.numel()]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if (b - a) * width >= MIN_CONTIGUOUS_LEAVES]
 
 
 def _bucket_blocks(h: Hierarchy, members: Tensor, width: int) -> list[FamilyBlock]:

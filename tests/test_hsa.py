@@ -272,6 +272,30 @@ def test_small_blocks_and_leaf_chunks_give_the_same_result(monkeypatch, saved_bl
         torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("min_contiguous", [1, 10, 1 << 20])
+def test_contiguous_leaf_families_read_as_views_give_the_same_result(monkeypatch, min_contiguous: int) -> None:
+    """Runs of adjacent all-leaf families covering at least ``MIN_CONTIGUOUS_LEAVES`` leaves get blocks of
+    their own that read the leaf rows as views; shorter runs share blocks with the other families."""
+    import hgattn.hierarchy as hierarchy_module
+
+    monkeypatch.setattr(hierarchy_module, "MIN_CONTIGUOUS_LEAVES", min_contiguous)
+    windows = Hierarchy.from_windows(24, (3, 2)).parent.tolist()     # a run of 8 families of 3 leaves
+    parent = forest(windows, random_tree(random.Random(4), 30, max_children=4))
+    h = Hierarchy.from_parent(parent)
+    views = [block for block in h.blocks if block.rows.leaf_start >= 0]
+    assert sum(block.families for block in views) >= (8 if min_contiguous <= 24 else 0)
+    if min_contiguous > 24:
+        assert all(block.families == 1 for block in views)
+    inputs = make_inputs(parent, requires_grad=True)
+    for include_self in (False, True):
+        out = hsa(*inputs[:3], h, pos=inputs[3], include_self=include_self)
+        ref = hsa_reference(*inputs[:3], parent, pos=inputs[3], include_self=include_self)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+        upstream = torch.randn_like(out)
+        for g, r in zip(gradients(out, inputs, upstream), gradients(ref, inputs, upstream)):
+            torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("pos_per_head", [False, True])
 @pytest.mark.parametrize("include_self", [False, True])
 def test_backward_by_groups_of_heads_gives_the_same_gradients(monkeypatch, pos_per_head: bool,

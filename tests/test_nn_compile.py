@@ -1,9 +1,9 @@
 """torch.compile: HSAConv and HSAGPSConv trace without graph breaks and match eager mode.
 
-Known problems, recorded as strict xfails: a graph break for a hierarchy whose ``sibling_index`` is first used
+Known problem, recorded as a strict xfail: a graph break for a hierarchy whose ``sibling_index`` is first used
 inside the compiled region (it is built lazily with data-dependent ops: ``nonzero`` in ``hierarchy.py``
-``_sibling_pairs``, then ``repeat_interleave``); and an inductor miscompilation of ``hgattn.hsa`` whose keys
-are layer-normalised inside the same graph (eager and aot_eager exact).
+``_sibling_pairs``, then ``repeat_interleave``). Two inductor miscompilations of the operator are avoided and
+tested here (see ``test_hsa_with_layer_normalised_keys_compiles_correctly``).
 
 Dynamo warns while tracing (the autograd Function "should not be instantiated", ``.grad`` of non-leaf tensors
 read while tracing PyG's ``propagate``, inductor's deprecated ``torch._prims_common.check``): torch-internal
@@ -16,6 +16,7 @@ import torch
 from torch_geometric.nn import GINConv, MLP
 
 from hgattn import Hierarchy
+from hgattn import hierarchy as hierarchy_module
 from hgattn.nn import HSAConv, HSAGPSConv
 
 pytestmark = [pytest.mark.slow,
@@ -79,20 +80,28 @@ def test_hsaconv_compiles_with_a_fresh_hierarchy() -> None:
     assert graph_breaks(conv, x, h, pos) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "inductor (torch 2.13, CPU) miscompiles hsa(x, layer_norm(x), v) on this tree: wrong values, while eager "
-    "and aot_eager are exact, and the same graph with layer-normalised queries, or both, compiles correctly "
-    "(open bug)"))
+@pytest.mark.parametrize("include_self", [False, True])
+@pytest.mark.parametrize("min_contiguous", [1, hierarchy_module.MIN_CONTIGUOUS_LEAVES])
+@pytest.mark.parametrize("tree", ["windows", "random"])
 @torch.no_grad()
-def test_hsa_with_layer_normalised_keys_compiles_correctly() -> None:
+def test_hsa_with_layer_normalised_keys_compiles_correctly(monkeypatch, tree: str, min_contiguous: int,
+                                                            include_self: bool) -> None:
+    """Inductor (torch 2.13, CPU) miscompiled two patterns of the operator, both avoided now: the self mass built
+    as ``new_zeros().masked_fill().index_add()`` (the partition read the tensor before the ``index_add``; wrong
+    values for this graph on ``from_windows(50, 4)``), and, now and then, blocks reading and adding back their
+    leaf rows as views (so under torch.compile every block gathers by index; ``min_contiguous=1`` makes the
+    all-leaf families of these trees such blocks)."""
     from hgattn import hsa
 
+    monkeypatch.setattr(hierarchy_module, "MIN_CONTIGUOUS_LEAVES", min_contiguous)
     torch.manual_seed(0)
-    h = Hierarchy.from_windows(50, 4)
-    x, v = torch.randn(50, 2, 4), torch.randn(50, 2, 4)
+    h = Hierarchy.from_windows(50, 4) if tree == "windows" else Hierarchy.random(200, (2, 9))
+    if min_contiguous == 1:
+        assert any(block.rows.leaf_start >= 0 for block in h.blocks)
+    x, v = torch.randn(h.num_leaves, 2, 4), torch.randn(h.num_leaves, 2, 4)
 
     def attend(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return hsa(x, torch.nn.functional.layer_norm(x, (4,)), v, h)
+        return hsa(x, torch.nn.functional.layer_norm(x, (4,)), v, h, include_self=include_self)
 
     torch._dynamo.reset()
     torch.testing.assert_close(torch.compile(attend)(x, v), attend(x, v), rtol=1e-4, atol=1e-5)

@@ -39,11 +39,12 @@ class HSAConv(MessagePassing):
     \mathbf{e}_B` project raw position features with one learnable matrix per *family domain* (the node type
     :math:`\tau(B)` of ``B``'s parent).
 
-    Family attention runs through :meth:`propagate` over the sibling edges ``S -> B``
+    Family attention is message passing over the sibling edges ``S -> B``
     (:func:`~hgattn.nn.attention.sibling_edge_index`). The default (fused) path calls the exact linear-time
-    operator :func:`hgattn.hsa` in :meth:`message_and_aggregate` (PyG fuses it for a column-sorted
-    :class:`~torch_geometric.EdgeIndex`; under :func:`torch.compile` the layer calls it directly, since dynamo
-    cannot guard that tensor subclass across a graph break). When messages are observed (explain mode, message
+    operator :func:`hgattn.hsa`, which never lists the sibling pairs (their number grows with the square of the
+    family sizes): directly, or, when propagate hooks are registered, through :meth:`propagate` and
+    :meth:`message_and_aggregate` over a column-sorted :class:`~torch_geometric.EdgeIndex` (which PyG fuses).
+    When messages are observed (explain mode, message
     hooks such as :class:`torch_geometric.explain.AttentionExplainer`'s) or attention dropout is active, the
     layer sends the message :math:`\alpha_{BS}\, n(S)\, \bar{\mathbf{v}}_S` along every sibling edge, with
     :math:`\alpha_{BS}` (``alpha``, ``[P, H]``, from :func:`hgattn.hsa_attention`) the
@@ -206,12 +207,12 @@ class HSAConv(MessagePassing):
             out = self.propagate(sibling_edge_index(hierarchy), query=query, key=key, value=value, pos=pos_emb,
                                  hierarchy=hierarchy, value_sum=leaf_sums(value, hierarchy), alpha=alpha,
                                  self_weight=attention.self_weight, size=size)
-        elif torch.compiler.is_compiling():
-            out = self.message_and_aggregate(sibling_edge_index(hierarchy), query, key, value, pos_emb, hierarchy)
-        else:
+        elif self._propagate_forward_pre_hooks or self._propagate_forward_hooks:
             edge_index = EdgeIndex(sibling_edge_index(hierarchy), sparse_size=size, sort_order="col")
             out = self.propagate(edge_index, query=query, key=key, value=value, pos=pos_emb,
                                  hierarchy=hierarchy, value_sum=None, alpha=None, self_weight=None, size=size)
+        else:
+            out = self._fused(query, key, value, pos_emb, hierarchy)
 
         if self.query_residual:
             out = out + query
@@ -226,7 +227,12 @@ class HSAConv(MessagePassing):
 
     def message_and_aggregate(self, edge_index: Tensor, query: Tensor, key: Tensor, value: Tensor,
                               pos: Tensor | None, hierarchy: Hierarchy) -> Tensor:
-        """The fused path: the exact operator over the whole hierarchy, ``[N, H, d]`` leaf outputs."""
+        """The fused path as ``propagate`` runs it (with propagate hooks): ``[N, H, d]`` leaf outputs."""
+        return self._fused(query, key, value, pos, hierarchy)
+
+    def _fused(self, query: Tensor, key: Tensor, value: Tensor, pos: Tensor | None,
+               hierarchy: Hierarchy) -> Tensor:
+        """The exact operator over the whole hierarchy, ``[N, H, d]`` leaf outputs; needs no sibling pairs."""
         return hsa(query, key, value, hierarchy, pos=pos, include_self=self.include_self)
 
     def message(self, value_sum_j: Tensor, alpha: Tensor) -> Tensor:
@@ -250,7 +256,7 @@ class HSAConv(MessagePassing):
 
     def _leaf_rows(self, x_dict: dict[str, Tensor], hierarchy: Hierarchy) -> tuple[Tensor, Tensor]:
         """Block rows ``[N, sum F]`` (each row holds its type's features in its type's columns) and the leaf
-        type ``[N]``."""
+        type ``[N]``; with a single leaf type, its features as they are and ``None``."""
         if set(hierarchy.node_slices) != set(self.metadata[0]):
             raise ValueError(f"the hierarchy's node types {sorted(hierarchy.node_slices)} do not match the "
                              f"layer's {sorted(self.metadata[0])}; build it with Hierarchy.from_hetero")
@@ -258,6 +264,8 @@ class HSAConv(MessagePassing):
         if missing:
             raise ValueError(f"x_dict has no features for leaf node type(s) {missing}")
         widths = self._resolve_widths(x_dict)
+        if len(self.leaf_types) == 1:
+            return hierarchy.leaf_features({nt: x_dict[nt] for nt in self.leaf_types if nt in x_dict}), None
         total, offset, blocks, counts = sum(widths.values()), 0, {}, []
         for nt in self.leaf_types:
             if nt in x_dict:
@@ -294,7 +302,8 @@ class HSAConv(MessagePassing):
             raise ValueError(f"{name} has {width} features but the layer expects {expected}")
 
     def _project(self, rows: Tensor, leaf_type: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Queries, keys, values ``[N, H, d]`` and the skip term from one matrix product."""
+        """Queries, keys, values ``[N, H, d]`` and the skip term from one matrix product (``leaf_type`` ``[N]``
+        picks each row's bias; ``None``: one leaf type)."""
         out = self.lin(rows)
         if self.bias is not None:
             out = out + (self.bias[0] if leaf_type is None else self.bias[leaf_type])
