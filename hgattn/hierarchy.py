@@ -24,9 +24,8 @@ __all__ = ["Hierarchy", "FamilyBlock", "GatherSpec"]
 #: Upper bound on ``families x rows x columns`` of one dense family-attention block (per head): keeps each
 #: block's temporaries small enough (a few MB) for the allocator to recycle them instead of mapping fresh pages.
 BLOCK_BUDGET = 1 << 18
-#: The cost of one more family-attention block, in padded entries, when family sizes are bucketed: each block
-#: is a few dozen tensor operations whatever its size, so small inputs are better served by fewer, padded blocks.
-BLOCK_OVERHEAD = 1 << 14
+#: Families whose sizes differ by at most this factor share one padded block.
+BUCKET_GROWTH = 1.25
 #: Fewest leaves a run of adjacent all-leaf families must cover to get blocks of its own that read the leaf rows
 #: as a view: below it, copying the rows costs less than the extra blocks.
 MIN_CONTIGUOUS_LEAVES = 4096
@@ -694,41 +693,15 @@ def _sibling_pairs(h: Hierarchy) -> Tensor:
     return torch.stack([b, s])
 
 
-def _bucket_widths(sizes: list[int], counts: list[int]) -> dict[int, int]:
-    """Map each family size to the padded width of its bucket.
-
-    Buckets are runs of consecutive sizes, chosen by a dynamic programme over the sorted sizes that minimises
-    the padded entries plus :data:`BLOCK_OVERHEAD` per block: small inputs get a few blocks, large ones little
-    padding. ``counts[i]`` is the number of families of size ``sizes[i]``.
-    """
-    order = sorted(range(len(sizes)), key=sizes.__getitem__)
-    size, count = [sizes[i] for i in order], [counts[i] for i in order]
-    best, start = [0.0] * (len(size) + 1), [0] * len(size)
-    for j, width in enumerate(size):
-        families, best[j + 1] = 0, math.inf
-        for i in range(j, -1, -1):
-            families += count[i]
-            cost = best[i] + families * width * width + BLOCK_OVERHEAD * _block_count(families, width)
-            if cost < best[j + 1]:
-                best[j + 1], start[j] = cost, i
-    widths, j = {}, len(size) - 1
-    while j >= 0:
-        for k in range(start[j], j + 1):
-            widths[size[k]] = size[j]
-        j = start[j] - 1
+def _bucket_widths(sizes: list[int]) -> dict[int, int]:
+    """Map each family size to the padded width of its bucket (sizes within BUCKET_GROWTH share one)."""
+    widths, bucket = {}, []
+    for size in sorted(sizes, reverse=True):
+        if bucket and bucket[0] > size * BUCKET_GROWTH:
+            bucket = []
+        bucket.append(size)
+        widths[size] = bucket[0]
     return widths
-
-
-def _block_count(families: int, width: int) -> int:
-    """Blocks :func:`_bucket_blocks` makes for ``families`` families padded to ``width``."""
-    rows, per_block = _block_shape(width)
-    return -(-families // per_block) * -(-width // rows)
-
-
-def _block_shape(width: int) -> tuple[int, int]:
-    """Rows per block and families per block for families padded to ``width`` (within :data:`BLOCK_BUDGET`)."""
-    rows = min(width, max(1, BLOCK_BUDGET // width))
-    return rows, max(1, BLOCK_BUDGET // (rows * width))
 
 
 def _family_blocks(h: Hierarchy) -> list[FamilyBlock]:
@@ -744,8 +717,7 @@ def _family_blocks(h: Hierarchy) -> list[FamilyBlock]:
     if families.numel() == 0:
         return []
     sizes = counts[families]
-    distinct, per_size = torch.unique(sizes, return_counts=True)
-    widths_of = _bucket_widths(distinct.tolist(), per_size.tolist())
+    widths_of = _bucket_widths(torch.unique(sizes).tolist())
     widths = torch.tensor([widths_of[s] for s in sizes.tolist()], device=parent.device)
     leaf_children = torch.bincount(parent[h.leaf_node].clamp(min=0), minlength=h.num_nodes)[families]
     first_leaf = h.node_leaf[h.child_index[h.child_ptr[families]]]
@@ -777,7 +749,8 @@ def _contiguous_runs(first_leaf: Tensor, width: int) -> list[tuple[int, int]]:
 def _bucket_blocks(h: Hierarchy, members: Tensor, width: int) -> list[FamilyBlock]:
     """Blocks of at most :data:`BLOCK_BUDGET` entries over ``members``, families padded to ``width``."""
     blocks = []
-    rows, per_block = _block_shape(width)
+    rows = min(width, max(1, BLOCK_BUDGET // width))
+    per_block = max(1, BLOCK_BUDGET // (rows * width))
     for f0 in range(0, members.numel(), per_block):
         fam = members[f0:f0 + per_block]
         cols = _family_slots(h, fam, width)

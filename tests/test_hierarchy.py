@@ -277,14 +277,3 @@ def test_leaf_features_reject_bad_input() -> None:
         h.leaf_features({**data.x_dict, "word": torch.randn(5, 8)})
     with pytest.raises(ValueError, match="built with from_hetero"):
         Hierarchy.from_parent(UNBALANCED).leaf_features(data.x_dict)
-
-
-def test_bucket_widths_trade_padding_for_fewer_blocks() -> None:
-    """Few small families share one padded block; many families of a size keep their own width."""
-    from hgattn.hierarchy import _bucket_widths
-
-    assert _bucket_widths([2, 3, 5], [1, 1, 1]) == {2: 5, 3: 5, 5: 5}
-    assert _bucket_widths([64, 2], [10, 100_000]) == {2: 2, 64: 64}
-    widths = _bucket_widths(list(range(2, 40)), [1000] * 38)
-    assert all(size <= width for size, width in widths.items()) and set(widths.values()) <= set(widths)
-    assert 1 < len(set(widths.values())) < 38

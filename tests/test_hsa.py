@@ -279,12 +279,12 @@ def test_contiguous_leaf_families_read_as_views_give_the_same_result(monkeypatch
     import hgattn.hierarchy as hierarchy_module
 
     monkeypatch.setattr(hierarchy_module, "MIN_CONTIGUOUS_LEAVES", min_contiguous)
-    windows = Hierarchy.from_windows(48, (6, 2)).parent.tolist()     # a run of 8 families of 6 leaves
+    windows = Hierarchy.from_windows(24, (3, 2)).parent.tolist()     # a run of 8 families of 3 leaves
     parent = forest(windows, random_tree(random.Random(4), 30, max_children=4))
     h = Hierarchy.from_parent(parent)
     views = [block for block in h.blocks if block.rows.leaf_start >= 0]
-    assert sum(block.families for block in views) >= (8 if min_contiguous <= 48 else 0)
-    if min_contiguous > 48:
+    assert sum(block.families for block in views) >= (8 if min_contiguous <= 24 else 0)
+    if min_contiguous > 24:
         assert all(block.families == 1 for block in views)
     inputs = make_inputs(parent, requires_grad=True)
     for include_self in (False, True):
