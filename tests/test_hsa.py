@@ -263,9 +263,15 @@ def test_small_blocks_and_leaf_chunks_give_the_same_result(monkeypatch, saved_bl
     parent = forest(flat_tree(23), random_tree(random.Random(1), 30, max_children=9))
     h = Hierarchy.from_parent(parent)
     assert any(block.num_rows < block.width for block in h.blocks)
-    inputs = make_inputs(parent, requires_grad=True)
-    out = hsa(*inputs[:3], h, pos=inputs[3], include_self=True)
-    ref = hsa_reference(*inputs[:3], parent, pos=inputs[3], include_self=True)
+    assert_values_and_gradients_match_reference(h, parent, make_inputs(parent, requires_grad=True), True)
+
+
+def assert_values_and_gradients_match_reference(h: Hierarchy, parent: list[int], inputs: list,
+                                                include_self: bool) -> None:
+    """``hsa`` on ``h`` equals the float64 reference on ``parent`` in values and gradients (``inputs``: q, k,
+    v, pos)."""
+    out = hsa(*inputs[:3], h, pos=inputs[3], include_self=include_self)
+    ref = hsa_reference(*inputs[:3], parent, pos=inputs[3], include_self=include_self)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
     upstream = torch.randn_like(out)
     for g, r in zip(gradients(out, inputs, upstream), gradients(ref, inputs, upstream)):
@@ -288,12 +294,7 @@ def test_contiguous_leaf_families_read_as_views_give_the_same_result(monkeypatch
         assert all(block.families == 1 for block in views)
     inputs = make_inputs(parent, requires_grad=True)
     for include_self in (False, True):
-        out = hsa(*inputs[:3], h, pos=inputs[3], include_self=include_self)
-        ref = hsa_reference(*inputs[:3], parent, pos=inputs[3], include_self=include_self)
-        torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
-        upstream = torch.randn_like(out)
-        for g, r in zip(gradients(out, inputs, upstream), gradients(ref, inputs, upstream)):
-            torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
+        assert_values_and_gradients_match_reference(h, parent, inputs, include_self)
 
 
 @pytest.mark.parametrize("pos_per_head", [False, True])
