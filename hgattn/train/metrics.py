@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["accuracy", "macro_f1", "mean_confidence_interval", "roc_auc_ogb"]
+__all__ = ["accuracy", "accuracy_ogb", "macro_f1", "mean_confidence_interval", "roc_auc_ogb"]
 
 
 def accuracy(pred: Tensor, target: Tensor) -> float:
@@ -65,3 +65,13 @@ def roc_auc_ogb(name: str, scores: Tensor, target: Tensor) -> float:
         {"y_true": target.view(scores.shape).cpu().numpy(), "y_pred": scores.detach().cpu().numpy()}
     )
     return float(result[evaluator.eval_metric])
+
+
+def accuracy_ogb(name: str, logits: Tensor, target: Tensor) -> float:
+    """The official ``ogb.nodeproppred.Evaluator(name)`` accuracy of ``[n, C]`` logits against ``[n]`` labels."""
+    from ogb.nodeproppred import Evaluator
+
+    result = Evaluator(name).eval(
+        {"y_true": target.view(-1, 1).cpu(), "y_pred": logits.argmax(dim=-1, keepdim=True).cpu()}
+    )
+    return float(result["acc"])

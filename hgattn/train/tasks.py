@@ -12,7 +12,7 @@ from torch import Tensor
 from torch_geometric.data import Dataset, HeteroData
 
 from .config import TrainConfig
-from .metrics import accuracy, macro_f1, roc_auc_ogb
+from .metrics import accuracy, accuracy_ogb, macro_f1, roc_auc_ogb
 
 __all__ = ["Task", "TASKS", "load_task", "task_names", "model_names"]
 
@@ -108,42 +108,57 @@ def load_planetoid(name: str) -> Callable[[TrainConfig], Task]:
 
     def load(config: TrainConfig) -> Task:
         from ..datasets import HierarchicalPlanetoid
-        from .models import NodeGCN, NodeGPS
 
-        task_name = name.lower()
-        _check_model(task_name, config.model, NODE_MODELS)
+        _check_model(name.lower(), config.model, NODE_MODELS)
         dataset = HierarchicalPlanetoid(str(Path(config.data_root) / "planetoid"), name, source=config.source)
-        graph = dataset[0]
-        in_channels, pos_channels = graph["node"].x.size(1), graph["node"].pos.size(1)
-
-        def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
-            if model == "gcn":
-                return NodeGCN(
-                    in_channels, cfg.hidden, dataset.num_classes, num_layers=cfg.layers, dropout=cfg.dropout
-                )
-            return NodeGPS(
-                in_channels,
-                cfg.hidden,
-                dataset.num_classes,
-                "hsa" if model == "gps-hsa" else "dense",
-                num_layers=cfg.layers,
-                heads=cfg.heads,
-                pos_channels=pos_channels,
-                dropout=cfg.dropout,
-            )
-
-        return Task(
-            task_name,
-            "node",
-            "cross_entropy",
-            "accuracy",
-            dataset.num_classes,
-            build,
-            classification_metrics(dataset.num_classes),
-            graph=graph,
-        )
+        return node_task(name.lower(), dataset[0], dataset.num_classes,
+                         classification_metrics(dataset.num_classes))
 
     return load
+
+
+def load_ogb_nodes(name: str) -> Callable[[TrainConfig], Task]:
+    """An ``ogbn-*`` node task (one graph as a GraphHierarchy tree) with OGB's split and ``Evaluator``
+    (accuracy): the models of the Planetoid tasks."""
+
+    def load(config: TrainConfig) -> Task:
+        from ..datasets import OGBNodeDataset
+
+        _check_model(name, config.model, NODE_MODELS)
+        dataset = OGBNodeDataset(name, str(Path(config.data_root) / "ogb"), source=config.source)
+
+        def evaluate(logits: Tensor, y: Tensor) -> dict[str, float]:
+            return {"accuracy": accuracy_ogb(name, logits, y)}
+
+        return node_task(name, dataset[0], dataset.num_classes, evaluate)
+
+    return load
+
+
+def node_task(name: str, graph: HeteroData, num_classes: int,
+              evaluate: Callable[[Tensor, Tensor], dict[str, float]]) -> Task:
+    """A node classification task on a GraphHierarchy tree ``graph`` (``node`` features, labels and masks):
+    GCN (``gcn``), GCN + HSA global attention over the tree (``gps-hsa``), GCN + dense global attention
+    (``gps-dense``)."""
+    from .models import NodeGCN, NodeGPS
+
+    in_channels, pos_channels = graph["node"].x.size(1), graph["node"].pos.size(1)
+
+    def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
+        if model == "gcn":
+            return NodeGCN(in_channels, cfg.hidden, num_classes, num_layers=cfg.layers, dropout=cfg.dropout)
+        return NodeGPS(
+            in_channels,
+            cfg.hidden,
+            num_classes,
+            "hsa" if model == "gps-hsa" else "dense",
+            num_layers=cfg.layers,
+            heads=cfg.heads,
+            pos_channels=pos_channels,
+            dropout=cfg.dropout,
+        )
+
+    return Task(name, "node", "cross_entropy", "accuracy", num_classes, build, evaluate, graph=graph)
 
 
 # ---------------------------------------------------------------- OGB molecules
@@ -223,11 +238,14 @@ OGB_MOLECULES = (
     "ogbg-moltoxcast",
 )
 
+OGB_NODES = ("ogbn-arxiv", "ogbn-products")
+
 TASKS: dict[str, tuple[Callable[[TrainConfig], Task], tuple[str, ...]]] = {
     "bbc-news": (load_bbc_news, TEXT_MODELS),
     "cora": (load_planetoid("Cora"), NODE_MODELS),
     "citeseer": (load_planetoid("CiteSeer"), NODE_MODELS),
     **{name: (load_ogb_molecules(name), MOLECULE_MODELS) for name in OGB_MOLECULES},
+    **{name: (load_ogb_nodes(name), NODE_MODELS) for name in OGB_NODES},
 }
 
 
