@@ -181,10 +181,10 @@ def test_train_ogbn_arxiv_on_a_real_format_fixture(tmp_path, capsys) -> None:
     from test_datasets import _write_ogbn_fixture
 
     _write_ogbn_fixture(tmp_path / "source", "ogbn-arxiv", "time", node_year=True)
-    for model in ("gcn", "gps-hsa"):
+    for model in ("gcn", "gps-hsa", "sgformer"):
         assert cli.main(["train", "--task", "ogbn-arxiv", "--model", model, "--epochs", "2", "--hidden", "8",
                          "--heads", "2", "--out-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"),
                          "--source", str(tmp_path / "source" / "ogbn_arxiv"), "--no-progress"]) == 0
     results = read_jsonl(tmp_path / "runs" / "results.jsonl")
-    assert [r["model"] for r in results] == ["gcn", "gps-hsa"]
+    assert [r["model"] for r in results] == ["gcn", "gps-hsa", "sgformer"]
     assert all(r["metric"] == "accuracy" and 0 <= r["test_accuracy"] <= 1 for r in results)

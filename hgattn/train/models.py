@@ -23,6 +23,7 @@ __all__ = [
     "TreeClassifier",
     "NodeGCN",
     "NodeGPS",
+    "NodeSGFormer",
     "MoleculeGNN",
     "MoleculeHSATransformer",
     "tree_positions",
@@ -205,6 +206,33 @@ class NodeGCN(torch.nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.gcn})"
+
+
+class NodeSGFormer(torch.nn.Module):
+    """PyG's :class:`~torch_geometric.nn.models.SGFormer` (simplified linear global attention + GCN) over the
+    ``('node', 'to', 'node')`` graph: the linear-attention baseline of the node tasks.
+
+    Shapes: ``HeteroData`` with ``node.x`` ``[N, F]`` to logits ``[N, num_classes]``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, num_layers: int = 2, heads: int = 1,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        from torch_geometric.nn.models import SGFormer
+
+        self.model = SGFormer(in_channels, channels, num_classes, trans_num_layers=num_layers,
+                              trans_num_heads=heads, trans_dropout=dropout, gnn_num_layers=num_layers,
+                              gnn_dropout=dropout)
+
+    def reset_parameters(self) -> None:
+        self.model.reset_parameters()
+
+    def forward(self, data: HeteroData) -> Tensor:
+        x = data["node"].x
+        return self.model(x, data["node", "to", "node"].edge_index, x.new_zeros(x.size(0), dtype=torch.long))
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.model})"
 
 
 class NodeGPS(torch.nn.Module):

@@ -99,7 +99,7 @@ def load_bbc_news(config: TrainConfig) -> Task:
 
 
 # ---------------------------------------------------------------- Planetoid
-NODE_MODELS = ("gcn", "gps-hsa", "gps-dense")
+NODE_MODELS = ("gcn", "gps-hsa", "gps-dense", "sgformer")
 
 
 def load_planetoid(name: str) -> Callable[[TrainConfig], Task]:
@@ -139,14 +139,17 @@ def node_task(name: str, graph: HeteroData, num_classes: int,
               evaluate: Callable[[Tensor, Tensor], dict[str, float]]) -> Task:
     """A node classification task on a GraphHierarchy tree ``graph`` (``node`` features, labels and masks):
     GCN (``gcn``), GCN + HSA global attention over the tree (``gps-hsa``), GCN + dense global attention
-    (``gps-dense``)."""
-    from .models import NodeGCN, NodeGPS
+    (``gps-dense``), PyG's SGFormer (``sgformer``, linear global attention + GCN)."""
+    from .models import NodeGCN, NodeGPS, NodeSGFormer
 
     in_channels, pos_channels = graph["node"].x.size(1), graph["node"].pos.size(1)
 
     def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
         if model == "gcn":
             return NodeGCN(in_channels, cfg.hidden, num_classes, num_layers=cfg.layers, dropout=cfg.dropout)
+        if model == "sgformer":
+            return NodeSGFormer(in_channels, cfg.hidden, num_classes, num_layers=cfg.layers, heads=cfg.heads,
+                                dropout=cfg.dropout)
         return NodeGPS(
             in_channels,
             cfg.hidden,
