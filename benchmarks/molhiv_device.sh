@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # Device run (the H100 results in benchmarks/results/molhiv_h100; carry .gpu/ holding molhiv.tar.gz, a gzip tar of a processed ogbg_molhiv folder, and the ogb wheel): CUDA tests, then ogbg-molhiv (full data, OGB scaffold split) GIN / GCN / HSA graph transformer, 3 seeds each, in parallel.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1

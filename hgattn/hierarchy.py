@@ -724,15 +724,13 @@ def _family_blocks(h: Hierarchy) -> list[FamilyBlock]:
     blocks = []
     for width in sorted(set(widths_of.values())):
         in_bucket = widths == width
-        full_leaf = in_bucket & (leaf_children == sizes) & (sizes == width)
-        order = torch.argsort(first_leaf[full_leaf])
-        runs = _contiguous_runs(first_leaf[full_leaf][order], width)
-        members = families[full_leaf][order]
-        long_runs = torch.zeros_like(full_leaf)
-        for start, stop in runs:
-            blocks += _bucket_blocks(h, members[start:stop], width)
-            long_runs[full_leaf.nonzero().view(-1)[order[start:stop]]] = True
-        blocks += _bucket_blocks(h, families[in_bucket & ~long_runs], width)
+        full_leaf = (in_bucket & (leaf_children == sizes) & (sizes == width)).nonzero().view(-1)
+        full_leaf = full_leaf[torch.argsort(first_leaf[full_leaf])]
+        in_long_run = torch.zeros_like(in_bucket)
+        for start, stop in _contiguous_runs(first_leaf[full_leaf], width):
+            blocks += _bucket_blocks(h, families[full_leaf[start:stop]], width)
+            in_long_run[full_leaf[start:stop]] = True
+        blocks += _bucket_blocks(h, families[in_bucket & ~in_long_run], width)
     return blocks
 
 
