@@ -41,7 +41,8 @@ _CONFIG_FLAGS: dict[str, dict[str, Any]] = {
     "out_dir": {"help": "folder for checkpoints, results.jsonl, summary.md and plots"},
     "data_root": {"help": "folder where datasets are processed and cached"},
     "source": {"help": "folder holding the raw dataset files (Planetoid raw files, an OGB dataset folder)"},
-    "max_graphs": {"type": int, "help": "graph tasks: keep only the first N graphs"},
+    "max_graphs": {"type": int, "help": "graph tasks: keep only N graphs (ogbg-mol*: a seeded subset of "
+                                        "each split part; emoji: the first N)"},
     "articles_per_topic": {"type": int, "help": "bbc-news: keep only the first N articles of each topic"},
     "device": {"help": "cpu or cuda[:i]"},
 }

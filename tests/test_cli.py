@@ -188,3 +188,14 @@ def test_train_ogbn_arxiv_on_a_real_format_fixture(tmp_path, capsys) -> None:
     results = read_jsonl(tmp_path / "runs" / "results.jsonl")
     assert [r["model"] for r in results] == ["gcn", "gps-hsa", "sgformer"]
     assert all(r["metric"] == "accuracy" and 0 <= r["test_accuracy"] <= 1 for r in results)
+
+
+@pytest.mark.parametrize("model", ["hsa", "fsa", "deepset"])
+def test_train_emoji_on_the_real_package(tmp_path, capsys, emoji_package, model: str) -> None:
+    argv = ["train", "--task", "emoji", "--model", model, "--max-graphs", "40", "--epochs", "1", "--hidden", "8",
+            "--source", str(emoji_package), "--data-root", str(tmp_path / "data"),
+            "--out-dir", str(tmp_path / "runs"), "--no-progress"]
+    assert cli.main(argv) == 0
+    (row,) = read_jsonl(tmp_path / "runs" / "results.jsonl")
+    assert (row["task"], row["model"]) == ("emoji", model) and 0 <= row["test_accuracy"] <= 1
+    assert f"| emoji | {model} | 1 | 1 |" in capsys.readouterr().out

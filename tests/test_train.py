@@ -22,6 +22,8 @@ from hgattn.train.metrics import accuracy, macro_f1, mean_confidence_interval
 from hgattn.train.models import DeepSetBlock, TreeClassifier
 from hgattn.train.results import markdown_table, summarize
 from hgattn.train.tasks import Task, classification_metrics, load_task
+from hgattn.transforms import FlattenHierarchy
+from hgattn.transforms.multimodal import compose_key_value
 
 
 # ---------------------------------------------------------------- metrics
@@ -207,6 +209,80 @@ def test_deepset_block_ignores_other_leaves() -> None:
     x = torch.randn(5, 6)
     torch.testing.assert_close(block(x)[:2], block(x[:2]))
     assert repr(block) == "DeepSetBlock(6, 8, heads=2)"
+
+
+def _two_modality_items(count: int) -> list[HeteroData]:
+    """Random items item -> {image -> patches, name -> tokens} with raw patch and token features."""
+    generator = torch.Generator().manual_seed(1)
+    items = []
+    for index in range(count):
+        patches, tokens = 4 + index, 2 + index % 2
+        fields = {}
+        for field, leaf, size, width in (("image", "patch", patches, 5), ("name", "token", tokens, 6)):
+            tree = HeteroData()
+            tree[leaf].x = torch.randn(size, width, generator=generator)
+            tree[leaf].pos = torch.randn(size, 3, generator=generator)
+            tree[field].num_nodes = 1
+            tree[leaf, "in", field].edge_index = torch.stack([torch.arange(size), torch.zeros(size).long()])
+            fields[field] = tree
+        item = compose_key_value(fields)
+        item.y = torch.tensor([index % 3])
+        items.append(item)
+    return items
+
+
+@pytest.mark.parametrize("kind", ["hsa", "flattened", "deepset"])
+def test_tree_classifier_with_two_leaf_types_is_batch_invariant(kind: str) -> None:
+    from torch_geometric.loader import DataLoader
+
+    items = _two_modality_items(4)
+    if kind == "flattened":
+        items = [FlattenHierarchy()(item) for item in items]
+    torch.manual_seed(0)
+    model = TreeClassifier({"patch": 5, "token": 6}, 8, 3, items[0].metadata(), heads=2, pos_channels=3,
+                           attention=kind != "deepset").eval()
+    batched = model(next(iter(DataLoader(items, batch_size=4))))
+    alone = torch.cat([model(next(iter(DataLoader([item], batch_size=1)))) for item in items])
+    torch.testing.assert_close(batched, alone)
+    assert repr(model).startswith(f"TreeClassifier({'DeepSet' if kind == 'deepset' else 'HSA'}")
+
+
+def test_flat_classifier_on_flattened_trees_is_the_hierarchy_path() -> None:
+    from torch_geometric.loader import DataLoader
+
+    trees = [FlattenHierarchy()(tree) for tree in _text_forest([4, 7, 9], levels=2)]
+    batch = next(iter(DataLoader(trees, batch_size=3)))
+    torch.manual_seed(0)
+    hsa_model = TreeClassifier(6, 8, 3, batch.metadata(), "token", heads=2, pos_channels=4)
+    fsa_model = TreeClassifier(6, 8, 3, batch.metadata(), "token", heads=2, pos_channels=4, flat=True)
+    fsa_model.load_state_dict(hsa_model.state_dict())
+    torch.testing.assert_close(fsa_model(batch), hsa_model(batch))
+
+
+def test_tree_classifier_bad_arguments() -> None:
+    metadata = _two_modality_items(1)[0].metadata()
+    with pytest.raises(ValueError, match="either an int in_channels and its leaf_type"):
+        TreeClassifier({"patch": 5}, 8, 3, metadata, "patch")
+    with pytest.raises(ValueError, match="either an int in_channels and its leaf_type"):
+        TreeClassifier(5, 8, 3, metadata)
+    with pytest.raises(ValueError, match=r"flat=True needs one leaf type, got \['patch', 'token'\]"):
+        TreeClassifier({"patch": 5, "token": 6}, 8, 3, metadata, flat=True)
+    model = TreeClassifier({"patch": 5, "token": 6}, 8, 3, metadata)
+    item = _two_modality_items(1)[0]
+    del item["token"].x
+    with pytest.raises(ValueError, match="leaf type 'token' has no features \\(x\\)"):
+        model(item)
+
+
+def test_deepset_block_per_type_projections() -> None:
+    block = DeepSetBlock({"patch": 5, "token": 6}, 8, heads=2)
+    x = {"patch": torch.randn(3, 5), "token": torch.randn(2, 6)}
+    out = block(x)
+    assert list(out) == ["patch", "token"] and out["patch"].shape == (3, 8) and out["token"].shape == (2, 8)
+    torch.testing.assert_close(block({"token": x["token"]})["token"], out["token"])
+    shared = DeepSetBlock(6, 8, heads=2)
+    torch.testing.assert_close(torch.cat(list(shared({"a": x["token"][:1], "b": x["token"][1:]}).values())),
+                               shared(x["token"]))
 
 
 # ---------------------------------------------------------------- training loop and resume

@@ -65,6 +65,9 @@ class Emoji(InMemoryDataset):
     fields, one-hot key positions on the field roots. Also stored: ``unified`` (code points) and ``subcategory``.
     Items follow the package's ``sort_order``.
 
+    With ``flat=True`` the trees are one-level, ``item -> {patches, tokens}``
+    (:class:`~hgattn.transforms.FlattenHierarchy`): HSA on them is flat softmax attention (the FSA baseline).
+
     ``split_idx``: a seeded class-stratified 80/10/10 split.
 
     Args:
@@ -72,15 +75,17 @@ class Emoji(InMemoryDataset):
         source: the package folder; default: :func:`find_emoji_package`.
         patch_size: patch side in pixels (divides 64).
         limit: keep only the first ``limit`` emoji (``None``: all).
+        flat: store the one-level trees.
         seed: seed of the split.
     """
 
     def __init__(self, root: str, source: str | Path | None = None, patch_size: int = 8, limit: int | None = None,
-                 seed: int = 0, transform: Callable | None = None, force_reload: bool = False) -> None:
+                 flat: bool = False, seed: int = 0, transform: Callable | None = None,
+                 force_reload: bool = False) -> None:
         if limit is not None and limit < 1:
             raise ValueError(f"Emoji: limit must be >= 1, got {limit}")
         self.package = find_emoji_package(source)
-        self.patch_size, self.limit = patch_size, limit
+        self.patch_size, self.limit, self.flat = patch_size, limit, flat
         super().__init__(root, transform, force_reload=force_reload)
         self.load(self.processed_paths[0])
         self.split_idx = stratified_split(self._data.y, seed=seed)
@@ -95,15 +100,17 @@ class Emoji(InMemoryDataset):
 
     @property
     def processed_file_names(self) -> list[str]:
-        return [f"emoji_{self.limit or 'all'}_patch{self.patch_size}.pt"]
+        return [f"emoji_{self.limit or 'all'}_patch{self.patch_size}{'_flat' if self.flat else ''}.pt"]
 
     def process(self) -> None:
-        from ..transforms import ImageHierarchy, MultimodalHierarchy, TextHierarchy
+        from ..transforms import FlattenHierarchy, ImageHierarchy, MultimodalHierarchy, TextHierarchy
 
         text = TextHierarchy(levels=())
         builder = MultimodalHierarchy({"image": ImageHierarchy(self.patch_size), "name": text, "keywords": text})
-        records = read_emoji_records(self.package)[:self.limit]
-        self.save([builder(self._item(record)) for record in records], self.processed_paths[0])
+        trees = [builder(self._item(record)) for record in read_emoji_records(self.package)[:self.limit]]
+        if self.flat:
+            trees = [FlattenHierarchy()(tree) for tree in trees]
+        self.save(trees, self.processed_paths[0])
 
     def _item(self, record: dict[str, Any]) -> Data:
         return Data(image=read_emoji_image(self.package / "img" / "google" / "64" / record["image"]),

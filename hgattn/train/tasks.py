@@ -98,6 +98,51 @@ def load_bbc_news(config: TrainConfig) -> Task:
     )
 
 
+# ---------------------------------------------------------------- Emoji
+def load_emoji(config: TrainConfig) -> Task:
+    """Emoji categories (the npm package ``emoji-datasource-google``, found as in
+    :func:`~hgattn.datasets.emoji.find_emoji_package` or at ``source``): ``hsa`` on item -> {image -> regions ->
+    patches, name -> tokens, keywords -> tokens}, ``fsa`` on the flattened item -> {patches, tokens},
+    ``deepset`` without attention. Two leaf types: raw 8x8 RGBA patches and frozen MiniLM word embeddings.
+    ``max_graphs`` keeps the first emoji in the package's order; the dataset's seeded stratified 80/10/10
+    split."""
+    from ..datasets import Emoji
+    from ..transforms import TextHierarchy
+    from .models import TreeClassifier
+
+    _check_model("emoji", config.model, TEXT_MODELS)
+    dataset = Emoji(str(Path(config.data_root) / "emoji"), source=config.source, limit=config.max_graphs,
+                    flat=config.model == "fsa")
+    splits = _non_empty_splits("emoji", dataset, f"max_graphs={config.max_graphs}")
+    sample = dataset[0]
+    pos_channels = max(sample[nt].pos.size(1) for nt in sample.node_types if "pos" in sample[nt])
+
+    def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
+        table = TextHierarchy().embedding_table
+        return TreeClassifier(
+            {"patch": sample["patch"].x.size(1), "token": table.size(1)},
+            cfg.hidden,
+            dataset.num_classes,
+            sample.metadata(),
+            heads=cfg.heads,
+            pos_channels=pos_channels,
+            attention=model != "deepset",
+            embedding=table,
+            dropout=cfg.dropout,
+        )
+
+    return Task(
+        "emoji",
+        "graph",
+        "cross_entropy",
+        "accuracy",
+        dataset.num_classes,
+        build,
+        classification_metrics(dataset.num_classes),
+        splits=splits,
+    )
+
+
 # ---------------------------------------------------------------- Planetoid
 NODE_MODELS = ("gcn", "gps-hsa", "gps-dense", "sgformer")
 
@@ -245,6 +290,7 @@ OGB_NODES = ("ogbn-arxiv", "ogbn-products")
 
 TASKS: dict[str, tuple[Callable[[TrainConfig], Task], tuple[str, ...]]] = {
     "bbc-news": (load_bbc_news, TEXT_MODELS),
+    "emoji": (load_emoji, TEXT_MODELS),
     "cora": (load_planetoid("Cora"), NODE_MODELS),
     "citeseer": (load_planetoid("CiteSeer"), NODE_MODELS),
     **{name: (load_ogb_molecules(name), MOLECULE_MODELS) for name in OGB_MOLECULES},
