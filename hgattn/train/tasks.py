@@ -49,6 +49,14 @@ def classification_metrics(num_classes: int) -> Callable[[Tensor, Tensor], dict[
     return evaluate
 
 
+def tree_classification_task(name: str, num_classes: int,
+                             build: Callable[[str, TrainConfig], torch.nn.Module],
+                             splits: dict[str, Dataset]) -> Task:
+    """A graph classification task over trees: cross-entropy, accuracy (selects the epoch) and macro-F1."""
+    return Task(name, "graph", "cross_entropy", "accuracy", num_classes, build,
+                classification_metrics(num_classes), splits=splits)
+
+
 # ---------------------------------------------------------------- BBC News
 TEXT_MODELS = ("hsa", "fsa", "deepset")
 
@@ -86,26 +94,17 @@ def load_bbc_news(config: TrainConfig) -> Task:
             dropout=cfg.dropout,
         )
 
-    return Task(
-        "bbc-news",
-        "graph",
-        "cross_entropy",
-        "accuracy",
-        dataset.num_classes,
-        build,
-        classification_metrics(dataset.num_classes),
-        splits=splits,
-    )
+    return tree_classification_task("bbc-news", dataset.num_classes, build, splits)
 
 
 # ---------------------------------------------------------------- Emoji
 def load_emoji(config: TrainConfig) -> Task:
     """Emoji categories (the npm package ``emoji-datasource-google``, found as in
-    :func:`~hgattn.datasets.emoji.find_emoji_package` or at ``source``): ``hsa`` on item -> {image -> regions ->
-    patches, name -> tokens, keywords -> tokens}, ``fsa`` on the flattened item -> {patches, tokens},
-    ``deepset`` without attention. Two leaf types: raw 8x8 RGBA patches and frozen MiniLM word embeddings.
-    ``max_graphs`` keeps the first emoji in the package's order; the dataset's seeded stratified 80/10/10
-    split."""
+    :func:`~hgattn.datasets.emoji.find_emoji_package` or at ``source``): ``hsa`` on item -> {image ->
+    regions -> patches, name -> tokens, keywords -> tokens}, ``fsa`` on the flattened item -> {patches,
+    tokens}, ``deepset`` without attention. Two leaf types: raw 8x8 RGBA patches and frozen MiniLM word
+    embeddings. ``max_graphs`` keeps the first emoji in the package's order; the dataset's seeded stratified
+    80/10/10 split."""
     from ..datasets import Emoji
     from ..transforms import TextHierarchy
     from .models import TreeClassifier
@@ -131,16 +130,7 @@ def load_emoji(config: TrainConfig) -> Task:
             dropout=cfg.dropout,
         )
 
-    return Task(
-        "emoji",
-        "graph",
-        "cross_entropy",
-        "accuracy",
-        dataset.num_classes,
-        build,
-        classification_metrics(dataset.num_classes),
-        splits=splits,
-    )
+    return tree_classification_task("emoji", dataset.num_classes, build, splits)
 
 
 # ---------------------------------------------------------------- Planetoid
