@@ -38,12 +38,13 @@ class FlattenHierarchy(BaseTransform):
         root_start = hierarchy.node_slices[root_type][0]
         parent_types = {dst for _, rel, dst in data.edge_types if rel == self.relation}
         leaf_types = [nt for nt in data.node_types if nt not in parent_types]
+        inner_types = parent_types - {root_type}
         out = copy.copy(data)
         for edge_type in data.edge_types:
             src, rel, dst = edge_type
-            if rel == self.relation or src in parent_types - {root_type} or dst in parent_types - {root_type}:
+            if rel == self.relation or {src, dst} & inner_types:
                 del out[edge_type]
-        for node_type in parent_types - {root_type}:
+        for node_type in inner_types:
             del out[node_type]
         for leaf_type in leaf_types:
             start, stop = hierarchy.node_slices[leaf_type]
