@@ -55,7 +55,7 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 from hgattn import Hierarchy, hsa  # noqa: E402
-from hgattn.column_tied import attended_summaries  # noqa: E402
+from hgattn.attention.column_tied import attended_summaries  # noqa: E402
 from hgattn.datasets.bbc import BBC_TOPICS, read_bbc_articles  # noqa: E402
 from hgattn.integrations.transformers import inject_hsa, remove_hsa  # noqa: E402
 

@@ -1,5 +1,5 @@
 """hgattn: Hierarchical Self-Attention (HSA) for PyTorch Geometric."""
-from .functional import HSAAttention, hsa, hsa_attention
+from .attention import HSAAttention, hsa, hsa_attention
 from .hierarchy import Hierarchy
 
 __version__ = "0.1.0"

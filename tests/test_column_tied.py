@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from hgattn import Hierarchy, hsa
-from hgattn.column_tied import attended_summaries, check_depth_first
-from hgattn.reference import flat_logits
+from hgattn.attention.column_tied import attended_summaries, check_depth_first
+from hgattn.attention.reference import flat_logits
 from trees import (LONE_LEAF, ONE_LEAF_CHAIN, ONE_LEAF_ROOT, UNARY_CHAIN, UNBALANCED, flat_tree, forest,
                    leaves_of, random_forest)
 
@@ -245,7 +245,7 @@ def test_one_head_inputs_and_window_tree_match_brute_force() -> None:
 
 
 def test_chunks_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hgattn.column_tied as column_tied
+    import hgattn.attention.column_tied as column_tied
 
     h = Hierarchy.from_windows(50, (3, 4))
     gen = torch.Generator().manual_seed(0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hgattn import Hierarchy, hsa
-from hgattn.reference import hsa_reference
+from hgattn.attention.reference import hsa_reference
 from test_hsa import DOUBLE, FIXED, check_low_precision, gradients, make_inputs, random_case
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -9,6 +9,7 @@ import torch
 from torch_geometric.data import HeteroData
 from torch_geometric.loader import DataLoader
 
+from hgattn.attention.plan import family_blocks
 from hgattn import Hierarchy, hsa
 from trees import UNARY_CHAIN, UNBALANCED, forest, random_forest
 
@@ -165,8 +166,9 @@ def test_to_device_keeps_structure() -> None:
     h = Hierarchy.from_parent(UNARY_CHAIN)
     same = h.to("cpu")
     assert same is h
+    family_blocks(h)
     moved = h.to("meta")
-    assert moved.parent.device.type == "meta" and moved.blocks[0].cols.node.device.type == "meta"
+    assert moved.parent.device.type == "meta" and family_blocks(moved)[0].cols.node.device.type == "meta"
     assert h.parent.device.type == "cpu"
 
 

@@ -1,4 +1,4 @@
-"""The fast DP (`hgattn.hsa`) against the float64 closed-form reference (`hgattn.reference`)."""
+"""The fast DP (`hgattn.hsa`) against the float64 closed-form reference (`hgattn.attention.reference`)."""
 from __future__ import annotations
 
 import random
@@ -8,7 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from hgattn import Hierarchy, hsa, hsa_attention
-from hgattn.reference import attention_matrix, hsa_reference
+import hgattn.attention.dp as dp_module
+import hgattn.attention.plan as plan_module
+import hgattn.walks as walks_module
+from hgattn.attention.plan import family_blocks
+from hgattn.attention.reference import attention_matrix, hsa_reference
 from trees import (LONE_LEAF, ONE_LEAF_CHAIN, ONE_LEAF_ROOT, UNARY_CHAIN, UNBALANCED, flat_tree, forest,
                    random_forest, random_tree)
 
@@ -254,15 +258,12 @@ def test_value_dim_may_differ() -> None:
 def test_small_blocks_and_leaf_chunks_give_the_same_result(monkeypatch, saved_blocks_bytes: int) -> None:
     """Blocks split by rows, leaf rows in chunks, and the backward pass with the forward's blocks kept or
     recomputed."""
-    import hgattn.functional as functional_module
-    import hgattn.hierarchy as hierarchy_module
-
-    monkeypatch.setattr(hierarchy_module, "BLOCK_BUDGET", 64)
-    monkeypatch.setattr(functional_module, "LEAF_CHUNK", 5)
-    monkeypatch.setattr(functional_module, "SAVED_BLOCKS_BYTES", saved_blocks_bytes)
+    monkeypatch.setattr(plan_module, "BLOCK_BUDGET", 64)
+    monkeypatch.setattr(walks_module, "LEAF_CHUNK", 5)
+    monkeypatch.setattr(dp_module, "SAVED_BLOCKS_BYTES", saved_blocks_bytes)
     parent = forest(flat_tree(23), random_tree(random.Random(1), 30, max_children=9))
     h = Hierarchy.from_parent(parent)
-    assert any(block.num_rows < block.width for block in h.blocks)
+    assert any(block.num_rows < block.width for block in family_blocks(h))
     assert_values_and_gradients_match_reference(h, parent, make_inputs(parent, requires_grad=True), True)
 
 
@@ -282,13 +283,11 @@ def assert_values_and_gradients_match_reference(h: Hierarchy, parent: list[int],
 def test_contiguous_leaf_families_read_as_views_give_the_same_result(monkeypatch, min_contiguous: int) -> None:
     """Runs of adjacent all-leaf families covering at least ``MIN_CONTIGUOUS_LEAVES`` leaves get blocks of
     their own that read the leaf rows as views; shorter runs share blocks with the other families."""
-    import hgattn.hierarchy as hierarchy_module
-
-    monkeypatch.setattr(hierarchy_module, "MIN_CONTIGUOUS_LEAVES", min_contiguous)
+    monkeypatch.setattr(plan_module, "MIN_CONTIGUOUS_LEAVES", min_contiguous)
     windows = Hierarchy.from_windows(24, (3, 2)).parent.tolist()     # a run of 8 families of 3 leaves
     parent = forest(windows, random_tree(random.Random(4), 30, max_children=4))
     h = Hierarchy.from_parent(parent)
-    views = [block for block in h.blocks if block.rows.leaf_start >= 0]
+    views = [block for block in family_blocks(h) if block.rows.leaf_start >= 0]
     assert sum(block.families for block in views) >= (8 if min_contiguous <= 24 else 0)
     if min_contiguous > 24:
         assert all(block.families == 1 for block in views)
@@ -301,13 +300,11 @@ def test_contiguous_leaf_families_read_as_views_give_the_same_result(monkeypatch
 @pytest.mark.parametrize("include_self", [False, True])
 def test_backward_by_groups_of_heads_gives_the_same_gradients(monkeypatch, pos_per_head: bool,
                                                               include_self: bool) -> None:
-    import hgattn.functional as functional_module
-
-    monkeypatch.setattr(functional_module, "BACKWARD_INNER_BYTES", 1)
+    monkeypatch.setattr(dp_module, "BACKWARD_INNER_BYTES", 1)
     parent = forest(random_tree(random.Random(2), 25, max_children=5), flat_tree(4))
     h = Hierarchy.from_parent(parent)
     q, k, v, _ = make_inputs(parent, heads=3)
-    assert len(functional_module._head_groups(h, q)) == 3
+    assert len(dp_module._head_groups(h, q)) == 3
     pos = 0.5 * torch.randn((len(parent), 3, 2) if pos_per_head else (len(parent), 2), dtype=DOUBLE)
     inputs = [x.requires_grad_(True) for x in (q, k, v, pos)]
     out = hsa(*inputs[:3], h, pos=inputs[3], include_self=include_self)

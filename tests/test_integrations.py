@@ -14,7 +14,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from hgattn import Hierarchy  # noqa: E402
-from hgattn.column_tied import check_depth_first  # noqa: E402
+from hgattn.attention.column_tied import check_depth_first  # noqa: E402
 from hgattn.integrations.transformers import (ATTENTION_NAME, inject_hsa, remove_hsa,  # noqa: E402
                                               sentence_hierarchy)
 

@@ -15,7 +15,7 @@ from torch_geometric.loader import DataLoader
 from hgattn import Hierarchy
 from hgattn.nn import HSAConv
 from hgattn.nn.attention import leaf_sums, push_down, sibling_edge_index
-from hgattn.reference import hsa_reference
+from hgattn.attention.reference import hsa_reference
 from trees import UNARY_CHAIN, forest, random_tree
 
 METADATA = (["token", "patch", "sentence", "doc"],

@@ -16,7 +16,7 @@ import torch
 from torch_geometric.nn import GINConv, MLP
 
 from hgattn import Hierarchy
-from hgattn import hierarchy as hierarchy_module
+from hgattn.attention import plan as plan_module
 from hgattn.nn import HSAConv, HSAGPSConv
 
 pytestmark = [pytest.mark.slow,
@@ -83,7 +83,7 @@ def test_hsaconv_compiles_with_a_fresh_hierarchy() -> None:
 
 
 @pytest.mark.parametrize("include_self", [False, True])
-@pytest.mark.parametrize("min_contiguous", [1, hierarchy_module.MIN_CONTIGUOUS_LEAVES])
+@pytest.mark.parametrize("min_contiguous", [1, plan_module.MIN_CONTIGUOUS_LEAVES])
 @pytest.mark.parametrize("tree", ["windows", "random"])
 @torch.no_grad()
 def test_hsa_with_layer_normalised_keys_compiles_correctly(monkeypatch, tree: str, min_contiguous: int,
@@ -95,11 +95,11 @@ def test_hsa_with_layer_normalised_keys_compiles_correctly(monkeypatch, tree: st
     all-leaf families of these trees such blocks)."""
     from hgattn import hsa
 
-    monkeypatch.setattr(hierarchy_module, "MIN_CONTIGUOUS_LEAVES", min_contiguous)
+    monkeypatch.setattr(plan_module, "MIN_CONTIGUOUS_LEAVES", min_contiguous)
     torch.manual_seed(0)
     h = Hierarchy.from_windows(50, 4) if tree == "windows" else Hierarchy.random(200, (2, 9))
     if min_contiguous == 1:
-        assert any(block.rows.leaf_start >= 0 for block in h.blocks)
+        assert any(block.rows.leaf_start >= 0 for block in plan_module.family_blocks(h))
     x, v = torch.randn(h.num_leaves, 2, 4), torch.randn(h.num_leaves, 2, 4)
 
     def attend(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 
-from hgattn.reference import attention_matrix, flat_logits, hsa_reference
+from hgattn.attention.reference import attention_matrix, flat_logits, hsa_reference
 from trees import (
     LONE_LEAF,
     ONE_LEAF_CHAIN,

@@ -21,7 +21,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ..functional import hsa
+from ..attention import hsa
 from ..hierarchy import Hierarchy
 
 __all__ = ["ATTENTION_NAME", "inject_hsa", "remove_hsa", "hsa_attention_forward", "sentence_hierarchy",

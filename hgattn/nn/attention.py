@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..functional import leaf_sums
 from ..hierarchy import Hierarchy
+from ..walks import leaf_sums, push_down
 
 __all__ = ["sibling_edge_index", "leaf_sums", "push_down"]
 
@@ -20,11 +20,3 @@ def sibling_edge_index(hierarchy: Hierarchy) -> Tensor:
     over and the edges an :class:`~torch_geometric.explain.AttentionExplainer` mask refers to."""
     return hierarchy.sibling_index.flip(0)
 
-
-def push_down(node_x: Tensor, hierarchy: Hierarchy) -> Tensor:
-    """``[N, ...]``: for every leaf, the sum of ``node_x`` ``[T, ...]`` over the leaf and all its ancestors."""
-    h = hierarchy
-    for level in range(1, h.num_levels):
-        nodes = h.level_nodes(level)
-        node_x = node_x.index_add(0, nodes, node_x[h.parent[nodes]])
-    return node_x[h.leaf_node]

@@ -12,7 +12,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.typing import Metadata
 
-from ..functional import hsa, hsa_attention
+from ..attention import hsa, hsa_attention
 from ..hierarchy import Hierarchy
 from .attention import leaf_sums, push_down, sibling_edge_index
 

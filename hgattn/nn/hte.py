@@ -12,7 +12,7 @@ from torch_geometric.nn.inits import reset
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.typing import Metadata
 
-from ..functional import HSAAttention
+from ..attention import HSAAttention
 from ..hierarchy import Hierarchy
 from .conv import HSAConv
 

@@ -1,0 +1,147 @@
+"""The public HSA operator: input validation once, then dispatch to the kernel that fits the input.
+
+Kernels: the dynamic programme over family blocks (:mod:`hgattn.attention.dp`, any tree), and column-tied /
+causal HSA (:mod:`hgattn.attention.column_tied`). The factored attention matrix (:class:`HSAAttention`) is
+computed with plain autograd ops over the sibling pairs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..hierarchy import NEG, Hierarchy
+from ..walks import node_means
+from . import dp
+from .column_tied import column_tied_hsa
+from .inputs import prepare_inputs, self_logits
+
+__all__ = ["hsa", "hsa_attention", "HSAAttention", "leaf_cover"]
+
+
+@dataclass
+class HSAAttention:
+    r"""HSA's attention matrix in factored form.
+
+    For siblings ``B != S``, every entry :math:`\Theta_{ij}` with ``i`` below ``B`` and ``j`` below ``S`` equals
+    ``sibling_weight`` of the pair; with ``include_self`` the diagonal is ``self_weight``; every other entry is 0.
+
+    Attributes:
+        sibling_index: ``[2, P]`` ordered sibling pairs ``(B, S)`` (node ids), as :attr:`Hierarchy.sibling_index`.
+        sibling_weight: ``[P, H]`` the per-entry weight of each pair's block.
+        self_weight: ``[N, H]`` the diagonal (zeros without ``include_self``).
+        hierarchy: the hierarchy the weights refer to.
+    """
+
+    sibling_index: Tensor
+    sibling_weight: Tensor
+    self_weight: Tensor
+    hierarchy: Hierarchy
+
+    def to_dense(self) -> Tensor:
+        """The full ``[H, N, N]`` matrix (for small inputs: memory is ``O(P N)``)."""
+        cover = leaf_cover(self.hierarchy).to(self.sibling_weight.dtype)
+        b, s = self.sibling_index
+        theta = torch.einsum("pi,ph,pj->hij", cover[b], self.sibling_weight, cover[s])
+        return theta + torch.diag_embed(self.self_weight.t())
+
+
+def leaf_cover(hierarchy: Hierarchy) -> Tensor:
+    """``[T, N]`` bool: ``cover[A, i]`` is True when leaf ``i`` lies below (or is) node ``A``."""
+    h = hierarchy
+    cover = torch.zeros(h.num_nodes, h.num_leaves, dtype=torch.bool, device=h.device)
+    rows = torch.arange(h.num_leaves, device=h.device)
+    node = h.leaf_node
+    for _ in range(h.num_levels):
+        alive = node >= 0
+        cover[node[alive], rows[alive]] = True
+        node = torch.where(alive, h.parent[node.clamp(min=0)], -1)
+    return cover
+
+
+def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos: Tensor | None = None,
+        include_self: bool = False, scale: float | None = None, return_attention: bool = False,
+        tie: str | None = None, causal: bool = False) -> Tensor | tuple[Tensor, HSAAttention]:
+    r"""Hierarchical Self-Attention (Amizadeh et al., NeurIPS 2025, https://arxiv.org/abs/2509.15448).
+
+    HSA's attention matrix is the row-stochastic matrix closest in KL to softmax attention under the
+    constraint that attention between two sibling subtrees is uniform:
+
+    .. math::
+        \Theta = \arg\min \sum_i \mathrm{KL}(\Theta_i \,\|\, \mathrm{softmax}_i(s)), \qquad
+        s_{ij} = \frac{q_i^\top k_j}{\sqrt{d}} + \langle \mathrm{pos}_{A'}, \mathrm{pos}_{B'} \rangle,
+
+    where ``A', B'`` are the highest distinct ancestors of leaves ``i, j``; the output is
+    :math:`o_i = \sum_j \Theta_{ij} v_j`. It is computed exactly, in time and memory linear in the number of
+    tree nodes for a bounded branching factor.
+
+    Args:
+        query, key, value: ``[N, H, d]`` (or ``[N, d]`` for one head), rows in leaf order.
+        hierarchy: the tree or forest; attention never crosses trees.
+        pos: optional ``[T, C]`` (shared by the heads) or ``[T, H, C]`` position embedding per tree node,
+            giving the sibling term ``<pos[B], pos[S]>`` and, with ``include_self``, ``<pos[i], pos[i]>``.
+        include_self: let a leaf attend to itself (standard transformer form); otherwise the diagonal is 0.
+        scale: logit scale, default ``1 / sqrt(d)``.
+        return_attention: also return the attention in factored form (:class:`HSAAttention`).
+        tie: ``'blocks'`` (default unless ``causal``): the constraint above, rows and columns tied per sibling
+            block. ``'columns'``: each row is projected on its own onto rows uniform within each block (spec
+            section 4b, :func:`hgattn.attention.column_tied.column_tied_hsa`): closer to softmax, ``O(N b D d)``.
+        causal: causal column-tied HSA for decoders (leaf ``i`` attends to earlier leaves and itself only);
+            needs ``include_self=True`` and leaves numbered depth-first; implies ``tie='columns'``.
+
+    Returns:
+        ``[N, H, d]`` (the shape of ``value``), and the :class:`HSAAttention` when requested. Half-precision
+        inputs are computed in float32 and returned in their own dtype.
+    """
+    if causal or tie not in (None, "blocks"):
+        return column_tied_hsa(query, key, value, hierarchy, pos=pos, include_self=include_self, scale=scale,
+                               tie=tie, causal=causal, return_attention=return_attention)
+    q, k, v, pos, one_head, scale = prepare_inputs(query, key, value, hierarchy, pos, scale)
+    out_dtype = value.dtype
+    h = hierarchy
+
+    self_logit = self_logits(q, k, pos, h, scale) if include_self else None
+    out = dp.hsa_dp(q, k, v, pos, self_logit, h, scale)
+    out = out.to(out_dtype)
+    if one_head:
+        out = out.squeeze(1)
+    if not return_attention:
+        return out
+    return out, _attention(q, k, pos, self_logit, h, scale)
+
+
+def hsa_attention(query: Tensor, key: Tensor, hierarchy: Hierarchy, *, pos: Tensor | None = None,
+                  include_self: bool = False, scale: float | None = None) -> HSAAttention:
+    """HSA's attention matrix in factored form (:class:`HSAAttention`), differentiable in ``query``, ``key``
+    and ``pos``, with plain autograd ops over the sibling pairs: time and memory ``O(P H d + T H d)``.
+
+    Arguments as :func:`hsa`; the same weights as ``hsa(..., return_attention=True)``.
+    """
+    q, k, _, pos, _, scale = prepare_inputs(query, key, key, hierarchy, pos, scale)
+    self_logit = self_logits(q, k, pos, hierarchy, scale) if include_self else None
+    return _attention(q, k, pos, self_logit, hierarchy, scale)
+
+
+def _attention(q: Tensor, k: Tensor, pos: Tensor | None, self_logit: Tensor | None, h: Hierarchy,
+               scale: float) -> HSAAttention:
+    """Factored attention from sibling-pair logits: grouped logsumexp gives ``e``, the gates give the rest."""
+    b, s = h.sibling_index
+    logit = (node_means(q, h)[b] * node_means(k, h)[s]).sum(-1) * scale
+    if pos is not None:
+        logit = logit + (pos[b] * pos[s]).sum(-1)
+    slot_b = h.node_slot[b]
+    e = _grouped_logsumexp(logit + h.leaf_count[s].to(logit.dtype).log()[:, None], slot_b, h.num_nodes)
+    gates = dp.compute_gates(e, self_logit, h)
+    u, z = torch.cat(gates.reach), torch.cat(gates.z)
+    weight = torch.exp(u[slot_b] + logit - z[slot_b])
+    self_weight = gates.keep if gates.keep is not None else q.new_zeros(h.num_leaves, q.size(1))
+    return HSAAttention(h.sibling_index, weight, self_weight, h)
+
+
+def _grouped_logsumexp(x: Tensor, index: Tensor, size: int) -> Tensor:
+    """``[size, H]`` logsumexp of the rows of ``x`` ``[P, H]`` grouped by ``index``; ``NEG`` for empty groups."""
+    expanded = index[:, None].expand_as(x)
+    top = x.new_full((size, x.size(1)), NEG).scatter_reduce(0, expanded, x.detach(), "amax")
+    total = x.new_zeros(size, x.size(1)).scatter_add(0, expanded, torch.exp(x - top[index]))
+    return torch.where(total > 0, top + total.clamp(min=torch.finfo(x.dtype).tiny).log(), NEG)
