@@ -28,3 +28,25 @@ def emoji_package() -> Path:
     if found is None:
         pytest.skip("no emoji-datasource-google: npm install emoji-datasource-google@16.0.0")
     return found
+
+
+#: ``MAX_DENSE_NODES`` per kernel choice: every tree to the DP, every tree dense, or small trees dense and
+#: larger ones to the DP in the same call.
+KERNEL_THRESHOLDS = {"dp": -1, "dense": 1 << 30, "mixed": 12}
+
+
+@pytest.fixture(params=list(KERNEL_THRESHOLDS))
+def kernel(request, monkeypatch) -> str:
+    """Runs a test once per kernel choice of :func:`hgattn.hsa` (see :data:`KERNEL_THRESHOLDS`)."""
+    import hgattn.attention.dense as dense
+
+    monkeypatch.setattr(dense, "MAX_DENSE_NODES", KERNEL_THRESHOLDS[request.param])
+    return request.param
+
+
+@pytest.fixture
+def dp_kernel(monkeypatch) -> None:
+    """Sends every tree to the DP kernel (for tests of its blocks, chunks and head groups)."""
+    import hgattn.attention.dense as dense
+
+    monkeypatch.setattr(dense, "MAX_DENSE_NODES", KERNEL_THRESHOLDS["dp"])

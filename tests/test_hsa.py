@@ -62,7 +62,7 @@ FIXED = {"unbalanced": UNBALANCED, "unary_chain": UNARY_CHAIN, "lone_leaf": LONE
 
 
 @pytest.mark.parametrize("seed", range(100))
-def test_random_trees_match_reference(seed: int) -> None:
+def test_random_trees_match_reference(seed: int, kernel: str) -> None:
     parent = random_case(seed)
     include_self, use_pos = bool(seed % 3), seed % 4 != 0
     q, k, v, pos = make_inputs(parent, pos_dim=3 if use_pos else None, seed=seed)
@@ -74,7 +74,8 @@ def test_random_trees_match_reference(seed: int) -> None:
 @pytest.mark.parametrize("name", FIXED)
 @pytest.mark.parametrize("include_self", [False, True])
 @pytest.mark.parametrize("pos_dim", [None, 3])
-def test_fixed_trees_match_reference_values_and_gradients(name: str, include_self: bool, pos_dim) -> None:
+def test_fixed_trees_match_reference_values_and_gradients(name: str, include_self: bool, pos_dim,
+                                                          kernel: str) -> None:
     parent = FIXED[name]
     inputs = make_inputs(parent, pos_dim=pos_dim, requires_grad=True)
     upstream = torch.randn(inputs[2].shape, dtype=DOUBLE, generator=torch.Generator().manual_seed(1))
@@ -86,7 +87,7 @@ def test_fixed_trees_match_reference_values_and_gradients(name: str, include_sel
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_random_gradients_match_reference(seed: int) -> None:
+def test_random_gradients_match_reference(seed: int, kernel: str) -> None:
     parent = random_case(1000 + seed)
     include_self = bool(seed % 2)
     inputs = make_inputs(parent, seed=seed, requires_grad=True)
@@ -99,14 +100,14 @@ def test_random_gradients_match_reference(seed: int) -> None:
 
 @pytest.mark.parametrize("name", ["unbalanced", "unary_chain", "one_leaf_chain", "forest"])
 @pytest.mark.parametrize("include_self", [False, True])
-def test_gradcheck(name: str, include_self: bool) -> None:
+def test_gradcheck(name: str, include_self: bool, kernel: str) -> None:
     parent = FIXED[name]
     h = Hierarchy.from_parent(parent)
     inputs = make_inputs(parent, heads=2, dim=3, pos_dim=2, requires_grad=True)
     torch.autograd.gradcheck(lambda q, k, v, p: hsa(q, k, v, h, pos=p, include_self=include_self), inputs)
 
 
-def test_per_head_positions_match_reference() -> None:
+def test_per_head_positions_match_reference(kernel: str) -> None:
     parent = FIXED["forest"]
     q, k, v, _ = make_inputs(parent, heads=3)
     pos = torch.randn(len(parent), 3, 2, dtype=DOUBLE)
@@ -117,7 +118,7 @@ def test_per_head_positions_match_reference() -> None:
 
 
 @pytest.mark.parametrize("num_leaves", [1, 2, 7, 40])
-def test_flat_tree_is_softmax_attention(num_leaves: int) -> None:
+def test_flat_tree_is_softmax_attention(num_leaves: int, kernel: str) -> None:
     h = Hierarchy.from_parent(flat_tree(num_leaves))
     q, k, v = (torch.randn(num_leaves, 4, 8, dtype=DOUBLE) for _ in range(3))
     heads_first = [x.transpose(0, 1) for x in (q, k, v)]
@@ -184,7 +185,7 @@ def test_relabelling_invariance(seed: int) -> None:
     torch.testing.assert_close(new_out, out[old_row], rtol=0, atol=1e-12)
 
 
-def test_forest_equals_trees_run_separately() -> None:
+def test_forest_equals_trees_run_separately(kernel: str) -> None:
     rng = random.Random(7)
     trees = [random_tree(rng, n, max_children=5, chain_prob=0.2) for n in (11, 1, 6, 17)]
     q, k, v, pos = make_inputs(forest(*trees), seed=3)
@@ -202,7 +203,7 @@ def test_forest_equals_trees_run_separately() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("include_self", [False, True])
-def test_low_precision_error_within_twice_naive(dtype: torch.dtype, include_self: bool) -> None:
+def test_low_precision_error_within_twice_naive(dtype: torch.dtype, include_self: bool, kernel: str) -> None:
     check_low_precision(dtype, include_self, torch.device("cpu"))
 
 
@@ -222,7 +223,7 @@ def check_low_precision(dtype: torch.dtype, include_self: bool, device: torch.de
 
 
 @pytest.mark.parametrize("include_self", [False, True])
-def test_huge_logits_stay_finite(include_self: bool) -> None:
+def test_huge_logits_stay_finite(include_self: bool, kernel: str) -> None:
     parent = FIXED["forest"]
     q, k, v, pos = make_inputs(parent, dim=4, seed=2, dtype=torch.float32)
     q = (q * 5e3).requires_grad_()
@@ -245,7 +246,7 @@ def test_one_head_shape_scale_and_dtype() -> None:
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
 
 
-def test_value_dim_may_differ() -> None:
+def test_value_dim_may_differ(kernel: str) -> None:
     parent = FIXED["unary_chain"]
     q, k, _, pos = make_inputs(parent, heads=2, dim=4)
     v = torch.randn(q.size(0), 2, 7, dtype=DOUBLE)
@@ -255,7 +256,8 @@ def test_value_dim_may_differ() -> None:
 
 
 @pytest.mark.parametrize("saved_blocks_bytes", [0, 1 << 20])
-def test_small_blocks_and_leaf_chunks_give_the_same_result(monkeypatch, saved_blocks_bytes: int) -> None:
+def test_small_blocks_and_leaf_chunks_give_the_same_result(monkeypatch, saved_blocks_bytes: int,
+                                                           dp_kernel) -> None:
     """Blocks split by rows, leaf rows in chunks, and the backward pass with the forward's blocks kept or
     recomputed."""
     monkeypatch.setattr(plan_module, "BLOCK_BUDGET", 64)
@@ -280,7 +282,8 @@ def assert_values_and_gradients_match_reference(h: Hierarchy, parent: list[int],
 
 
 @pytest.mark.parametrize("min_contiguous", [1, 10, 1 << 20])
-def test_contiguous_leaf_families_read_as_views_give_the_same_result(monkeypatch, min_contiguous: int) -> None:
+def test_contiguous_leaf_families_read_as_views_give_the_same_result(monkeypatch, min_contiguous: int,
+                                                                    dp_kernel) -> None:
     """Runs of adjacent all-leaf families covering at least ``MIN_CONTIGUOUS_LEAVES`` leaves get blocks of
     their own that read the leaf rows as views; shorter runs share blocks with the other families."""
     monkeypatch.setattr(plan_module, "MIN_CONTIGUOUS_LEAVES", min_contiguous)
@@ -299,7 +302,7 @@ def test_contiguous_leaf_families_read_as_views_give_the_same_result(monkeypatch
 @pytest.mark.parametrize("pos_per_head", [False, True])
 @pytest.mark.parametrize("include_self", [False, True])
 def test_backward_by_groups_of_heads_gives_the_same_gradients(monkeypatch, pos_per_head: bool,
-                                                              include_self: bool) -> None:
+                                                              include_self: bool, dp_kernel) -> None:
     monkeypatch.setattr(dp_module, "BACKWARD_INNER_BYTES", 1)
     parent = forest(random_tree(random.Random(2), 25, max_children=5), flat_tree(4))
     h = Hierarchy.from_parent(parent)
@@ -329,3 +332,33 @@ def test_bad_inputs_raise_clear_errors(bad, message: str) -> None:
     q, k, v, _ = make_inputs(parent)
     with pytest.raises((ValueError, TypeError), match=message):
         bad(q, k, v, Hierarchy.from_parent(parent))
+
+
+@pytest.mark.parametrize("include_self", [False, True])
+@pytest.mark.parametrize("pos_dim", [None, 3])
+def test_forest_of_small_and_large_trees_is_split_between_dense_and_dp(include_self: bool, pos_dim) -> None:
+    """With the default cost model, small trees go to dense groups of similar size and large ones to the DP
+    in the same call; the result equals the reference in values and gradients."""
+    from hgattn.attention.dense import MAX_DENSE_NODES, dense_plan
+
+    rng = random.Random(7)
+    sizes = [3, 120, 9, 1, 25, 2, 60, 14]
+    parent = relabel(random_forest(rng, sizes, max_children=5, chain_prob=0.2), rng)[0]
+    h = Hierarchy.from_parent(parent)
+    plan = dense_plan(h)
+    dense_trees = sum(group.trees for group in plan.groups)
+    assert len(plan.groups) >= 2 and plan.rest is not None and 0 < plan.rest.num_trees < len(sizes)
+    assert dense_trees + plan.rest.num_trees == len(sizes)
+    assert all(group.leaves + group.inner <= MAX_DENSE_NODES for group in plan.groups)
+    inputs = make_inputs(parent, heads=3, pos_dim=pos_dim, requires_grad=True)
+    assert_values_and_gradients_match_reference(h, parent, inputs, include_self)
+
+
+def test_dense_plan_is_cached_and_moves_with_the_hierarchy() -> None:
+    from hgattn.attention.dense import dense_plan
+
+    h = Hierarchy.from_parent(forest(UNBALANCED, flat_tree(4)))
+    plan = dense_plan(h)
+    assert dense_plan(h) is plan
+    moved = h.to("meta")
+    assert dense_plan(moved).groups[0].bias.device.type == "meta"

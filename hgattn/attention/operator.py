@@ -15,6 +15,7 @@ from ..hierarchy import NEG, Hierarchy
 from ..walks import node_means
 from . import dp
 from .column_tied import column_tied_hsa
+from .dense import dense_plan, hsa_dense
 from .inputs import prepare_inputs, self_logits
 
 __all__ = ["hsa", "hsa_attention", "HSAAttention", "leaf_cover"]
@@ -102,7 +103,11 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     h = hierarchy
 
     self_logit = self_logits(q, k, pos, h, scale) if include_self else None
-    out = dp.hsa_dp(q, k, v, pos, self_logit, h, scale)
+    plan = dense_plan(h)
+    if plan is None:
+        out = dp.hsa_dp(q, k, v, pos, self_logit, h, scale)
+    else:
+        out = hsa_dense(q, k, v, pos, self_logit, h, plan, scale)
     out = out.to(out_dtype)
     if one_head:
         out = out.squeeze(1)

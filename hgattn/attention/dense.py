@@ -1,0 +1,357 @@
+r"""HSA for forests of small trees: every tree as per-tree padded dense tensors, a few batched operations.
+
+A batch of molecules or short documents is a forest of many small trees. The dynamic programme
+(:mod:`hgattn.attention.dp`) pays per tree level and per family size; here each group of trees of similar
+size is padded to ``n`` leaves and ``K`` inner nodes (``T = n + K`` slots per tree, leaves first) and the
+closed form of spec section 4 is evaluated with batched matrix products over ``[B, H, T, ...]``, as SDPA does
+over ``[B, H, n, d]``:
+
+1. means of the inner nodes: ``M @ x`` with the ``[B, K, n]`` matrix of ``1 / n(A)`` over the leaves below;
+2. family attention over every slot pair at once, ``[B, H, T, T]`` logits with ``log n(S)`` on sibling pairs
+   and a large negative number elsewhere (a custom autograd function that keeps the softmax for the backward);
+3. the self masses ``a = W @ z`` (``W[A, C] = n(C) / n(A)`` for the children ``C`` of ``A``), iterated once per
+   tree level, and the reach ``u = U @ (a - z)`` over the strict inner ancestors below the root;
+4. the outputs: each leaf's own gated summary plus ``P @ y`` over its inner ancestors.
+
+:func:`dense_plan` splits a forest by a cost model: trees of at most :data:`MAX_DENSE_NODES` nodes go to this
+path, in groups of similar size chosen to minimise padded work plus a fixed price per group; larger trees go
+to the DP. The plan
+depends on the tree only; it is built on the first call and cached on the hierarchy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..hierarchy import NEG, Hierarchy
+from . import dp
+
+__all__ = ["DenseGroup", "DensePlan", "dense_plan", "hsa_dense"]
+
+#: Largest number of nodes a tree may have to take the dense path (its ``T x T`` logits per head).
+MAX_DENSE_NODES = 160
+#: Cost of one group, in logit entries: the fixed price of its ~60 operations, against ``T^2`` per tree.
+GROUP_OVERHEAD = 1 << 16
+#: ``exp`` of float32 inputs below ``log(smallest normal)`` (subnormal or zero results) runs 10-40x slower on
+#: x86 CPUs; logits are clamped here first (the result differs from 0 by less than 1e-37).
+EXP_FLOOR = -87.0
+
+
+@dataclass
+class DenseGroup:
+    """``B`` trees padded to ``n`` leaf slots and ``K`` inner slots (``T = n + K``; leaves first).
+
+    Attributes:
+        trees, leaves, inner, height: ``B``, ``n``, ``K`` and the largest tree height.
+        leaf_row: ``[B * n]`` leaf row of each leaf slot (``N`` for padding: a zero row).
+        node: ``[B * T]`` node id of each slot (``num_nodes`` for padding), to gather position embeddings.
+        mean: ``[B, K, n]`` ``1 / n(A)`` where leaf slot ``i`` lies below inner slot ``A``.
+        path: ``[B, n, K]`` 1 where inner slot ``A`` is an ancestor of leaf slot ``i``.
+        bias: ``[B, T, T]`` ``log n(S)`` for sibling slots ``B != S``, ``NEG`` elsewhere.
+        child_weight: ``[B, T, K]`` ``n(C) / n(A)`` for a child slot ``C`` of inner slot ``A``.
+        reach: ``[B, K, T]`` 1 where inner slot ``A`` is a strict ancestor of slot ``C`` and not a root.
+        has_sibling: ``[B, T]`` 1 for slots with a sibling.
+        leaf_mask: ``[B, n]`` bool, True for real leaf slots.
+    """
+
+    trees: int
+    leaves: int
+    inner: int
+    height: int
+    leaf_row: Tensor
+    node: Tensor
+    mean: Tensor
+    path: Tensor
+    bias: Tensor
+    child_weight: Tensor
+    reach: Tensor
+    has_sibling: Tensor
+    leaf_mask: Tensor
+    _cast: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def slots(self) -> int:
+        return self.leaves + self.inner
+
+    def matrices(self, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``mean, path, bias, child_weight, reach, has_sibling`` in ``dtype`` (cast once, then cached)."""
+        if dtype not in self._cast:
+            self._cast[dtype] = tuple(getattr(self, f).to(dtype) for f in _MATRICES)
+        return self._cast[dtype]
+
+    def to(self, device: torch.device | str) -> "DenseGroup":
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_cast"}
+        return DenseGroup(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in values.items()})
+
+
+_MATRICES = ("mean", "path", "bias", "child_weight", "reach", "has_sibling")
+
+
+@dataclass
+class DensePlan:
+    """How :func:`hsa_dense` splits a forest: dense groups, and the remaining trees for the DP.
+
+    Attributes:
+        groups: the dense groups.
+        rest: the hierarchy of the trees left to the DP (None when every tree is dense).
+        rest_leaf_row, rest_node: ``[N_rest]`` leaf rows and ``[T_rest]`` node ids of ``rest`` in ``h``.
+        order: ``[N]`` where each leaf row lies in the concatenation of the groups' padded outputs and the
+            DP's output.
+    """
+
+    groups: list[DenseGroup]
+    rest: Hierarchy | None
+    rest_leaf_row: Tensor
+    rest_node: Tensor
+    order: Tensor
+
+    def to(self, device: torch.device | str) -> "DensePlan":
+        return DensePlan([g.to(device) for g in self.groups], None if self.rest is None else self.rest.to(device),
+                         self.rest_leaf_row.to(device), self.rest_node.to(device), self.order.to(device))
+
+
+def dense_plan(h: Hierarchy) -> DensePlan | None:
+    """The dense split of ``h`` (cached on it), or None when no tree is worth the dense path."""
+    if "dense" not in h._plans:
+        h._plans["dense"] = _build_plan(h)
+    return h._plans["dense"]
+
+
+def hsa_dense(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, self_logit: Tensor | None, h: Hierarchy,
+              plan: DensePlan, scale: float) -> Tensor:
+    """HSA of prepared inputs (``[N, H, d]``, ``pos`` ``[T, H or 1, C]``, ``self_logit`` ``[N, H]`` or None)
+    with the dense groups of ``plan`` and the DP for the rest; differentiable by autograd."""
+    parts = [_group_output(g, q, k, v, pos, self_logit, scale) for g in plan.groups]
+    if plan.rest is not None:
+        rows = plan.rest_leaf_row
+        parts.append(dp.hsa_dp(q[rows], k[rows], v[rows], None if pos is None else pos[plan.rest_node],
+                               None if self_logit is None else self_logit[rows], plan.rest, scale))
+    return torch.cat(parts).index_select(0, plan.order)
+
+
+# ---------------------------------------------------------------------- forward
+def _group_output(g: DenseGroup, q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None,
+                  self_logit: Tensor | None, scale: float) -> Tensor:
+    """``[B * n, H, d]`` outputs of the leaf slots of one group (padding rows included)."""
+    heads, dim, width = q.size(1), q.size(2), 2 * q.size(2) + v.size(2)
+    b, n, t = g.trees, g.leaves, g.slots
+    mean, path, bias, child_weight, reach, has_sibling = g.matrices(q.dtype)
+    leaves = _pad_rows(torch.cat([q, k, v], dim=-1), g.leaf_row).view(b, n, heads * width)
+    inner = torch.bmm(mean, leaves)
+    nodes = torch.cat([leaves, inner], 1).view(b, t, heads, width).transpose(1, 2)
+    qn, kn, vn = nodes.split([dim, dim, v.size(2)], dim=-1)              # [B, H, T, d] each
+    pn = None if pos is None else _pad_rows(pos, g.node).view(b, t, *pos.shape[1:]).transpose(1, 2)
+    e, theta = _FamilyAttention.apply(qn, kn, vn, pn, bias, has_sibling, scale)
+    if self_logit is None:
+        a_leaf = e.new_full((b, 1, n), NEG).expand(b, heads, n)
+    else:
+        a_leaf = _pad_rows(self_logit, g.leaf_row).view(b, n, heads).transpose(1, 2)
+        a_leaf = torch.where(g.leaf_mask[:, None], a_leaf, NEG)
+    a_inner = e.new_zeros(b, heads, g.inner)
+    for _ in range(max(g.height, 1)):
+        z = torch.logaddexp(torch.cat([a_leaf, a_inner], -1), e)
+        a_inner = torch.matmul(z, child_weight)
+    z = torch.logaddexp(torch.cat([a_leaf, a_inner], -1), e)
+    u = torch.matmul(a_inner - z[..., n:], reach)                         # [B, H, T]
+    gain = _exp(u + e - z) * has_sibling[:, None]
+    y = (gain.unsqueeze(-1) * theta).transpose(1, 2)                      # [B, T, H, d]
+    dim_v = v.size(2)
+    out = y[:, :n] + torch.bmm(path, y[:, n:].reshape(b, g.inner, heads * dim_v)).view(b, n, heads, dim_v)
+    if self_logit is not None:
+        keep = _exp(u[..., :n] + a_leaf - z[..., :n]).transpose(1, 2)    # [B, n, H]
+        out = out + keep.unsqueeze(-1) * vn[:, :, :n].transpose(1, 2)
+    return out.reshape(b * n, heads, dim_v)
+
+
+def _pad_rows(x: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` of ``x`` ``[R, ...]``, where index ``R`` gives a zero row."""
+    return torch.cat([x, x.new_zeros((1,) + x.shape[1:])]).index_select(0, index)
+
+
+def _exp(x: Tensor) -> Tensor:
+    return torch.exp(x.clamp(min=EXP_FLOOR)) if x.dtype == torch.float32 else torch.exp(x)
+
+
+class _FamilyAttention(torch.autograd.Function):
+    """Masked attention of every slot over its siblings: ``e = logsumexp_S(L)`` ``[B, H, T]`` and
+    ``theta = softmax_S(L) @ v`` ``[B, H, T, d]`` with ``L = q k^T scale + <pos, pos> + bias``; rows without a
+    sibling give ``e = NEG``, ``theta = 0`` and no gradient. The softmax is kept for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, pos, bias, has_sibling, scale):
+        logit = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).add_(bias[:, None])
+        if pos is not None:
+            logit.add_(torch.matmul(pos, pos.transpose(-1, -2)))
+        top = logit.amax(dim=-1, keepdim=True)
+        logit.sub_(top)
+        weight = (logit.clamp_(min=EXP_FLOOR) if logit.dtype == torch.float32 else logit).exp_()
+        total = weight.sum(dim=-1, keepdim=True)
+        weight.div_(total)
+        mask = has_sibling[:, None]
+        e = torch.where(mask > 0, (top + total.log()).squeeze(-1), NEG)
+        theta = torch.matmul(weight, v).mul_(mask.unsqueeze(-1))
+        ctx.save_for_backward(q, k, v, pos, weight, theta, mask)
+        ctx.scale = scale
+        return e, theta
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_e, grad_theta):
+        q, k, v, pos, weight, theta, mask = ctx.saved_tensors
+        grad_theta = grad_theta * mask.unsqueeze(-1)
+        grad_e = grad_e * mask
+        grad_logit = torch.matmul(grad_theta, v.transpose(-1, -2))
+        grad_logit.sub_((grad_theta * theta).sum(-1, keepdim=True) - grad_e.unsqueeze(-1)).mul_(weight)
+        grad_q = torch.matmul(grad_logit, k).mul_(ctx.scale)
+        grad_k = torch.matmul(grad_logit.transpose(-1, -2), q).mul_(ctx.scale)
+        grad_v = torch.matmul(weight.transpose(-1, -2), grad_theta)
+        grad_pos = None
+        if pos is not None:
+            grad_pair = grad_logit if pos.size(1) > 1 else grad_logit.sum(1, keepdim=True)
+            grad_pos = torch.matmul(grad_pair + grad_pair.transpose(-1, -2), pos)
+        return grad_q, grad_k, grad_v, grad_pos, None, None, None
+
+
+# ---------------------------------------------------------------------- plan
+def _build_plan(h: Hierarchy) -> DensePlan | None:
+    tree = _tree_of_node(h)
+    leaves = torch.bincount(tree[h.is_leaf], minlength=h.num_trees)
+    inner = torch.bincount(tree[~h.is_leaf], minlength=h.num_trees)
+    groups = _choose_groups(leaves + inner)
+    if not groups:
+        return None
+    dense = torch.zeros(h.num_trees, dtype=torch.bool, device=h.device)
+    built = []
+    for members in groups:
+        dense[members] = True
+        built.append(_build_group(h, tree, members, int(leaves[members].max()), int(inner[members].max())))
+    rest_nodes = (~dense[tree]).nonzero().view(-1)
+    rest = _sub_hierarchy(h, rest_nodes) if rest_nodes.numel() else None
+    rest_leaf_row = h.node_leaf[rest_nodes[h.is_leaf[rest_nodes]]]
+    position = torch.cat([g.leaf_row for g in built] + [rest_leaf_row])
+    real = (position < h.num_leaves).nonzero().view(-1)
+    order = torch.empty(h.num_leaves, dtype=torch.long, device=h.device)
+    order[position[real]] = real
+    return DensePlan(built, rest, rest_leaf_row, rest_nodes, order)
+
+
+def _tree_of_node(h: Hierarchy) -> Tensor:
+    """``[T]`` tree index of every node (trees ordered by root id)."""
+    roots = (h.parent < 0).nonzero().view(-1)
+    index = torch.full((h.num_nodes,), -1, dtype=torch.long, device=h.device)
+    index[roots] = torch.arange(roots.numel(), device=h.device)
+    return index[h.root]
+
+
+def _choose_groups(size: Tensor) -> list[Tensor]:
+    """Partition the trees worth the dense path (``size``: ``T = n + K`` per tree) into groups.
+
+    A tree takes the dense path when its ``T`` is at most :data:`MAX_DENSE_NODES`. These trees, sorted by
+    ``T``, are split into consecutive groups by a dynamic programme minimising the padded logit entries
+    ``count x T_max^2`` plus :data:`GROUP_OVERHEAD` per group."""
+    candidates = (size <= MAX_DENSE_NODES).nonzero().view(-1)
+    if candidates.numel() == 0:
+        return []
+    candidates = candidates[torch.argsort(size[candidates], stable=True)]
+    sizes = size[candidates].tolist()
+    count = len(sizes)
+    best = [0.0] + [float("inf")] * count
+    cut = [0] * (count + 1)
+    for stop in range(1, count + 1):
+        for start in _group_starts(sizes, stop):
+            cost = best[start] + GROUP_OVERHEAD + (stop - start) * sizes[stop - 1] ** 2
+            if cost < best[stop]:
+                best[stop], cut[stop] = cost, start
+    bounds, stop = [], count
+    while stop:
+        bounds.append((cut[stop], stop))
+        stop = cut[stop]
+    return [candidates[a:b] for a, b in reversed(bounds)]
+
+
+def _group_starts(sizes: list[int], stop: int) -> range:
+    """Group starts worth trying for a group ending at ``stop``: trees at least half its largest size."""
+    start = stop - 1
+    while start > 0 and 2 * sizes[start - 1] >= sizes[stop - 1]:
+        start -= 1
+    return range(start, stop)
+
+
+def _build_group(h: Hierarchy, tree: Tensor, members: Tensor, n: int, k: int) -> DenseGroup:
+    device = h.device
+    b, t = members.numel(), n + k
+    group_index = torch.full((h.num_trees,), -1, dtype=torch.long, device=device)
+    group_index[members] = torch.arange(b, device=device)
+    nodes = (group_index[tree] >= 0).nonzero().view(-1)
+    slot = _slots(h, nodes, group_index[tree[nodes]], n)
+    flat = torch.full((h.num_nodes,), -1, dtype=torch.long, device=device)
+    flat[nodes] = group_index[tree[nodes]] * t + slot
+    node = torch.full((b * t,), h.num_nodes, dtype=torch.long, device=device)
+    node[flat[nodes]] = nodes
+    parent = torch.full((b * t,), -1, dtype=torch.long, device=device)
+    child = nodes[h.parent[nodes] >= 0]
+    parent[flat[child]] = flat[h.parent[child]] % t
+    parent = parent.view(b, t)
+    count = torch.zeros(b * t, dtype=torch.float64, device=device)
+    count[flat[nodes]] = h.leaf_count[nodes].double()
+    count = count.view(b, t)
+    is_root = torch.zeros(b * t, dtype=torch.bool, device=device)
+    is_root[flat[nodes[h.parent[nodes] < 0]]] = True
+    ancestors = _ancestor_matrix(parent, int(h.depth[nodes].max()) + 1)       # [B, T, T], strict
+    not_root = (~is_root).view(b, 1, t)
+    sibling = ((parent[:, :, None] == parent[:, None, :]) & (parent[:, :, None] >= 0)
+               & ~torch.eye(t, dtype=torch.bool, device=device))
+    bias = torch.where(sibling, count.clamp(min=1).log()[:, None, :], NEG)
+    child_of = torch.zeros(b, t, t, dtype=torch.float64, device=device)
+    has_parent = parent >= 0
+    rows = torch.arange(b, device=device)[:, None].expand(b, t)[has_parent]
+    cols = torch.arange(t, device=device)[None].expand(b, t)[has_parent]
+    child_of[rows, cols, parent[has_parent]] = (count / torch.gather(count, 1, parent.clamp(min=0)))[has_parent]
+    leaf_row = torch.full((b * n,), h.num_leaves, dtype=torch.long, device=device)
+    leaf_nodes = nodes[h.is_leaf[nodes]]
+    leaf_row[group_index[tree[leaf_nodes]] * n + slot[h.is_leaf[nodes]]] = h.node_leaf[leaf_nodes]
+    leaf_mask = (leaf_row < h.num_leaves).view(b, n)
+    below = ancestors[:, :n, n:].double() * leaf_mask[:, :, None]              # [B, n, K] leaf i below A
+    return DenseGroup(
+        trees=b, leaves=n, inner=k, height=int(h.height[nodes].max()), leaf_row=leaf_row, node=node,
+        mean=(below / count[:, None, n:].clamp(min=1)).transpose(1, 2).contiguous(), path=below,
+        bias=bias, child_weight=child_of[:, :, n:].contiguous(),
+        reach=(ancestors & not_root)[:, :, n:].transpose(1, 2).double().contiguous(),
+        has_sibling=sibling.any(-1).double(), leaf_mask=leaf_mask)
+
+
+def _slots(h: Hierarchy, nodes: Tensor, group_tree: Tensor, n: int) -> Tensor:
+    """Slot of each node within its tree: leaves ``0 ..`` by leaf row, inner nodes ``n ..`` by id."""
+    is_inner = (~h.is_leaf[nodes]).long()
+    key = group_tree * 2 + is_inner
+    order = torch.argsort(key * h.num_nodes + nodes)
+    starts = torch.zeros(int(key.max()) + 2, dtype=torch.long, device=nodes.device)
+    starts[1:] = torch.cumsum(torch.bincount(key, minlength=int(key.max()) + 1), 0)
+    rank = torch.empty_like(nodes)
+    rank[order] = torch.arange(nodes.numel(), device=nodes.device) - starts[key[order]]
+    return rank + is_inner * n
+
+
+def _ancestor_matrix(parent: Tensor, depth: int) -> Tensor:
+    """``[B, T, T]`` bool: ``out[b, c, a]`` when slot ``a`` is a strict ancestor of slot ``c``."""
+    b, t = parent.shape
+    out = torch.zeros(b, t, t, dtype=torch.bool, device=parent.device)
+    rows = torch.arange(b, device=parent.device)[:, None].expand(b, t)
+    cols = torch.arange(t, device=parent.device)[None].expand(b, t)
+    up = parent
+    for _ in range(depth):
+        alive = up >= 0
+        out[rows[alive], cols[alive], up[alive]] = True
+        up = torch.where(alive, torch.gather(parent, 1, up.clamp(min=0)), -1)
+    return out
+
+
+def _sub_hierarchy(h: Hierarchy, nodes: Tensor) -> Hierarchy:
+    """The hierarchy of the whole trees ``nodes`` (sorted node ids), renumbered in the same order."""
+    new_id = torch.full((h.num_nodes,), -1, dtype=torch.long, device=h.device)
+    new_id[nodes] = torch.arange(nodes.numel(), device=h.device)
+    parent = h.parent[nodes]
+    return Hierarchy(torch.where(parent >= 0, new_id[parent.clamp(min=0)], -1))
