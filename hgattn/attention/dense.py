@@ -28,6 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from ..hierarchy import NEG, Hierarchy
 from . import dp
+from .numerics import exp, exp_
 
 __all__ = ["DenseGroup", "DensePlan", "dense_plan", "hsa_dense"]
 
@@ -35,9 +36,6 @@ __all__ = ["DenseGroup", "DensePlan", "dense_plan", "hsa_dense"]
 MAX_DENSE_NODES = 160
 #: Cost of one group, in logit entries: the fixed price of its ~60 operations, against ``T^2`` per tree.
 GROUP_OVERHEAD = 1 << 16
-#: ``exp`` of float32 inputs below ``log(smallest normal)`` (subnormal or zero results) runs 10-40x slower on
-#: x86 CPUs; logits are clamped here first (the result differs from 0 by less than 1e-37).
-EXP_FLOOR = -87.0
 
 
 @dataclass
@@ -98,8 +96,9 @@ class DensePlan:
         groups: the dense groups.
         rest: the hierarchy of the trees left to the DP (None when every tree is dense).
         rest_leaf_row, rest_node: ``[N_rest]`` leaf rows and ``[T_rest]`` node ids of ``rest`` in ``h``.
-        order: ``[N]`` where each leaf row lies in the concatenation of the groups' padded outputs and the
-            DP's output.
+        order: ``[N]`` where each leaf row lies in the concatenation of the groups' padded leaf slots and the
+            DP's leaves (``slots`` rows in all).
+        identity: whether ``order`` is ``0 .. N-1`` (no padding, leaves already in that order).
     """
 
     groups: list[DenseGroup]
@@ -107,10 +106,16 @@ class DensePlan:
     rest_leaf_row: Tensor
     rest_node: Tensor
     order: Tensor
+    identity: bool
+
+    @property
+    def slots(self) -> int:
+        return sum(g.trees * g.leaves for g in self.groups) + self.rest_leaf_row.numel()
 
     def to(self, device: torch.device | str) -> "DensePlan":
         return DensePlan([g.to(device) for g in self.groups], None if self.rest is None else self.rest.to(device),
-                         self.rest_leaf_row.to(device), self.rest_node.to(device), self.order.to(device))
+                         self.rest_leaf_row.to(device), self.rest_node.to(device), self.order.to(device),
+                         self.identity)
 
 
 def dense_plan(h: Hierarchy) -> DensePlan | None:
@@ -124,25 +129,52 @@ def hsa_dense(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, self_logit: T
               plan: DensePlan, scale: float) -> Tensor:
     """HSA of prepared inputs (``[N, H, d]``, ``pos`` ``[T, H or 1, C]``, ``self_logit`` ``[N, H]`` or None)
     with the dense groups of ``plan`` and the DP for the rest; differentiable by autograd."""
-    parts = [_group_output(g, q, k, v, pos, self_logit, scale) for g in plan.groups]
+    dims = [q.size(-1), k.size(-1), v.size(-1)]
+    slots = torch.cat([q, k, v], dim=-1)
+    if not plan.identity:
+        slots = slots.new_zeros(plan.slots, *slots.shape[1:]).index_copy(0, plan.order, slots)
+    parts, start = [], 0
+    for g in plan.groups:
+        leaves = slots.narrow(0, start, g.trees * g.leaves)
+        parts.append(_group_output(g, leaves, dims, pos, self_logit, scale))
+        start += g.trees * g.leaves
     if plan.rest is not None:
+        q_rest, k_rest, v_rest = (x.contiguous() for x in slots[start:].split(dims, dim=-1))
         rows = plan.rest_leaf_row
-        parts.append(dp.hsa_dp(q[rows], k[rows], v[rows], None if pos is None else pos[plan.rest_node],
+        parts.append(dp.hsa_dp(q_rest, k_rest, v_rest, None if pos is None else pos[plan.rest_node],
                                None if self_logit is None else self_logit[rows], plan.rest, scale))
-    return torch.cat(parts).index_select(0, plan.order)
+    out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return out if plan.identity else _InjectiveGather.apply(out, plan.order)
+
+
+class _InjectiveGather(torch.autograd.Function):
+    """``x[index]`` for an index without repeats: the backward pass copies rows back instead of adding them."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = x.size(0)
+        return x.index_select(0, index)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.rows, *grad.shape[1:]).index_copy_(0, index, grad), None
 
 
 # ---------------------------------------------------------------------- forward
-def _group_output(g: DenseGroup, q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None,
-                  self_logit: Tensor | None, scale: float) -> Tensor:
-    """``[B * n, H, d]`` outputs of the leaf slots of one group (padding rows included)."""
-    heads, dim, width = q.size(1), q.size(2), 2 * q.size(2) + v.size(2)
+def _group_output(g: DenseGroup, leaves: Tensor, dims: list[int], pos: Tensor | None, self_logit: Tensor | None,
+                  scale: float) -> Tensor:
+    """``[B * n, H, dv]`` outputs of the leaf slots of one group (padding rows included), from its leaf slots
+    ``[B * n, H, 2d + dv]`` (query, key and value side by side)."""
+    heads, width, dim_v = leaves.size(1), leaves.size(2), dims[2]
     b, n, t = g.trees, g.leaves, g.slots
-    mean, path, bias, child_weight, reach, has_sibling = g.matrices(q.dtype)
-    leaves = _pad_rows(torch.cat([q, k, v], dim=-1), g.leaf_row).view(b, n, heads * width)
+    mean, path, bias, child_weight, reach, has_sibling = g.matrices(leaves.dtype)
+    leaves = leaves.reshape(b, n, heads * width)
     inner = torch.bmm(mean, leaves)
     nodes = torch.cat([leaves, inner], 1).view(b, t, heads, width).transpose(1, 2)
-    qn, kn, vn = nodes.split([dim, dim, v.size(2)], dim=-1)              # [B, H, T, d] each
+    qn, kn, vn = nodes.split(dims, dim=-1)                                # [B, H, T, d] each
     pn = None if pos is None else _pad_rows(pos, g.node).view(b, t, *pos.shape[1:]).transpose(1, 2)
     e, theta = _FamilyAttention.apply(qn, kn, vn, pn, bias, has_sibling, scale)
     if self_logit is None:
@@ -156,12 +188,11 @@ def _group_output(g: DenseGroup, q: Tensor, k: Tensor, v: Tensor, pos: Tensor | 
         a_inner = torch.matmul(z, child_weight)
     z = torch.logaddexp(torch.cat([a_leaf, a_inner], -1), e)
     u = torch.matmul(a_inner - z[..., n:], reach)                         # [B, H, T]
-    gain = _exp(u + e - z) * has_sibling[:, None]
+    gain = exp(u + e - z) * has_sibling[:, None]
     y = (gain.unsqueeze(-1) * theta).transpose(1, 2)                      # [B, T, H, d]
-    dim_v = v.size(2)
     out = y[:, :n] + torch.bmm(path, y[:, n:].reshape(b, g.inner, heads * dim_v)).view(b, n, heads, dim_v)
     if self_logit is not None:
-        keep = _exp(u[..., :n] + a_leaf - z[..., :n]).transpose(1, 2)    # [B, n, H]
+        keep = exp(u[..., :n] + a_leaf - z[..., :n]).transpose(1, 2)    # [B, n, H]
         out = out + keep.unsqueeze(-1) * vn[:, :, :n].transpose(1, 2)
     return out.reshape(b * n, heads, dim_v)
 
@@ -169,10 +200,6 @@ def _group_output(g: DenseGroup, q: Tensor, k: Tensor, v: Tensor, pos: Tensor | 
 def _pad_rows(x: Tensor, index: Tensor) -> Tensor:
     """Rows ``index`` of ``x`` ``[R, ...]``, where index ``R`` gives a zero row."""
     return torch.cat([x, x.new_zeros((1,) + x.shape[1:])]).index_select(0, index)
-
-
-def _exp(x: Tensor) -> Tensor:
-    return torch.exp(x.clamp(min=EXP_FLOOR)) if x.dtype == torch.float32 else torch.exp(x)
 
 
 class _FamilyAttention(torch.autograd.Function):
@@ -187,7 +214,7 @@ class _FamilyAttention(torch.autograd.Function):
             logit.add_(torch.matmul(pos, pos.transpose(-1, -2)))
         top = logit.amax(dim=-1, keepdim=True)
         logit.sub_(top)
-        weight = (logit.clamp_(min=EXP_FLOOR) if logit.dtype == torch.float32 else logit).exp_()
+        weight = exp_(logit)
         total = weight.sum(dim=-1, keepdim=True)
         weight.div_(total)
         mask = has_sibling[:, None]
@@ -235,7 +262,9 @@ def _build_plan(h: Hierarchy) -> DensePlan | None:
     real = (position < h.num_leaves).nonzero().view(-1)
     order = torch.empty(h.num_leaves, dtype=torch.long, device=h.device)
     order[position[real]] = real
-    return DensePlan(built, rest, rest_leaf_row, rest_nodes, order)
+    identity = position.numel() == h.num_leaves and bool(
+        (order == torch.arange(h.num_leaves, device=h.device)).all())
+    return DensePlan(built, rest, rest_leaf_row, rest_nodes, order, identity)
 
 
 def _tree_of_node(h: Hierarchy) -> Tensor:

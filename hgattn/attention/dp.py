@@ -23,6 +23,7 @@ from torch.autograd.function import once_differentiable
 from .. import walks
 from ..hierarchy import NEG, Hierarchy
 from ..walks import add_inner_means_grad, add_path_sums, inner_means, inner_sums
+from .numerics import exp, exp_
 from .plan import FamilyBlock, GatherSpec, family_blocks
 
 __all__ = ["hsa_dp", "compute_gates"]
@@ -71,9 +72,9 @@ def compute_gates(e: Tensor, self_logit: Tensor | None, h: Hierarchy) -> _Gates:
         if depth:
             u = (u + a[depth - 1] - z[depth - 1])[level.parent_local]
         reach.append(u)
-        gains.append(torch.exp(u + e_level - z[depth]))
+        gains.append(exp(u + e_level - z[depth]))
         if self_logit is not None and level.leaf_local.numel():
-            keeps.append(torch.exp(u + a[depth] - z[depth])[level.leaf_local])
+            keeps.append(exp(u + a[depth] - z[depth])[level.leaf_local])
     keep = None
     if self_logit is not None:
         keep = torch.cat(keeps)
@@ -183,7 +184,7 @@ class _BlockInputs:
         logit += block.log_count.to(logit.dtype)[None, :, None, :]
         logit.diagonal(offset=block.row_start, dim1=-2, dim2=-1).fill_(NEG)
         top = logit.amax(dim=-1, keepdim=True)
-        total = logit.sub_(top).exp_().sum(dim=-1, keepdim=True)
+        total = exp_(logit.sub_(top)).sum(dim=-1, keepdim=True)
         self.lse = (top + total.log()).squeeze(-1)
         self.weight = logit.div_(total)
         self.theta = torch.matmul(self.weight, self.v)
@@ -339,8 +340,8 @@ def _gates_backward(e: Tensor, self_logit: Tensor | None, h: Hierarchy, grad_gai
         grad_z = -grad_u[depth]
         if above is not None:
             grad_z = grad_z + level.child_weight.to(e.dtype)[:, None] * above[level.parent_local]
-        above = grad_a[depth] + grad_z * torch.exp(a - z)
-        grad_e.append(grad_exponent[depth] + grad_z * torch.exp(e_level - z))
+        above = grad_a[depth] + grad_z * exp(a - z)
+        grad_e.append(grad_exponent[depth] + grad_z * exp(e_level - z))
         if grad_self is not None and level.leaf_local.numel():
             grad_self[level.leaf_row] = above[level.leaf_local]
     return torch.cat(grad_e), grad_self
