@@ -16,6 +16,7 @@ import torch
 from torch_geometric.nn import GINConv, MLP
 
 from hgattn import Hierarchy
+from hgattn.attention import build_plans
 from hgattn.attention import plan as plan_module
 from hgattn.nn import HSAConv, HSAGPSConv
 
@@ -30,7 +31,7 @@ def conv_inputs(tree: str = "random") -> tuple[HSAConv, Hierarchy, torch.Tensor,
     h = (Hierarchy.random(60, generator=torch.Generator().manual_seed(0)) if tree == "random"
          else Hierarchy.from_windows(64, 4))
     conv = HSAConv(8, 4, heads=2, include_self=True, pos_channels=3).eval()
-    return conv, h, torch.randn(h.num_leaves, 8), torch.randn(h.num_nodes, 3)
+    return conv, build_plans(h), torch.randn(h.num_leaves, 8), torch.randn(h.num_nodes, 3)
 
 
 def graph_breaks(module: torch.nn.Module, *args: object) -> list:
@@ -52,7 +53,7 @@ def test_hsagpsconv_compiles_without_graph_breaks() -> None:
     torch.manual_seed(1)
     layer = HSAGPSConv(8, GINConv(MLP([8, 8, 8])), heads=2).eval()
     x, edge_index = torch.randn(50, 8), torch.randint(0, 50, (2, 200))
-    h = Hierarchy.from_windows(50, 4)
+    h = build_plans(Hierarchy.from_windows(50, 4))
     assert h.sibling_index.size(0) == 2
     assert graph_breaks(layer, x, edge_index, h) == []
     torch.testing.assert_close(torch.compile(layer)(x, edge_index, h), layer(x, edge_index, h),
@@ -97,7 +98,7 @@ def test_hsa_with_layer_normalised_keys_compiles_correctly(monkeypatch, tree: st
 
     monkeypatch.setattr(plan_module, "MIN_CONTIGUOUS_LEAVES", min_contiguous)
     torch.manual_seed(0)
-    h = Hierarchy.from_windows(50, 4) if tree == "windows" else Hierarchy.random(200, (2, 9))
+    h = build_plans(Hierarchy.from_windows(50, 4) if tree == "windows" else Hierarchy.random(200, (2, 9)))
     if min_contiguous == 1:
         assert any(block.rows.leaf_start >= 0 for block in plan_module.family_blocks(h))
     x, v = torch.randn(h.num_leaves, 2, 4), torch.randn(h.num_leaves, 2, 4)
@@ -107,3 +108,15 @@ def test_hsa_with_layer_normalised_keys_compiles_correctly(monkeypatch, tree: st
 
     torch._dynamo.reset()
     torch.testing.assert_close(torch.compile(attend)(x, v), attend(x, v), rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_plans_built_inside_the_compiled_region_break_the_graph_once_and_stay_exact() -> None:
+    """Without :func:`~hgattn.attention.build_plans`, the first compiled call builds the plans eagerly."""
+    conv, _, x, pos = conv_inputs("windows")
+    h = Hierarchy.from_windows(64, 4)
+    assert graph_breaks(conv, x, h, pos) != []
+    torch._dynamo.reset()
+    compiled = torch.compile(conv)
+    torch.testing.assert_close(compiled(x, Hierarchy.from_windows(64, 4), pos), conv(x, h, pos),
+                               rtol=1e-4, atol=1e-5)

@@ -6,6 +6,6 @@ hierarchy), or column-tied / causal HSA (:mod:`~hgattn.attention.column_tied`). 
 is the plain float64 implementation every kernel is tested against.
 """
 from .column_tied import column_tied_hsa
-from .operator import HSAAttention, hsa, hsa_attention, leaf_cover
+from .operator import HSAAttention, build_plans, hsa, hsa_attention, leaf_cover
 
-__all__ = ["hsa", "hsa_attention", "HSAAttention", "leaf_cover", "column_tied_hsa"]
+__all__ = ["hsa", "hsa_attention", "HSAAttention", "leaf_cover", "build_plans", "column_tied_hsa"]

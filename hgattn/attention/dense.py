@@ -243,6 +243,7 @@ class _FamilyAttention(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------- plan
+@torch.compiler.disable
 def _build_plan(h: Hierarchy) -> DensePlan | None:
     tree = _tree_of_node(h)
     leaves = torch.bincount(tree[h.is_leaf], minlength=h.num_trees)

@@ -17,8 +17,9 @@ from . import dp
 from .column_tied import column_tied_hsa
 from .dense import dense_plan, hsa_dense
 from .inputs import prepare_inputs, self_logits
+from .plan import family_blocks
 
-__all__ = ["hsa", "hsa_attention", "HSAAttention", "leaf_cover"]
+__all__ = ["hsa", "hsa_attention", "HSAAttention", "leaf_cover", "build_plans"]
 
 
 @dataclass
@@ -103,7 +104,7 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     h = hierarchy
 
     self_logit = self_logits(q, k, pos, h, scale) if include_self else None
-    plan = dense_plan(h)
+    plan = None if torch.compiler.is_compiling() else dense_plan(h)
     if plan is None:
         out = dp.hsa_dp(q, k, v, pos, self_logit, h, scale)
     else:
@@ -150,3 +151,18 @@ def _grouped_logsumexp(x: Tensor, index: Tensor, size: int) -> Tensor:
     top = x.new_full((size, x.size(1)), NEG).scatter_reduce(0, expanded, x.detach(), "amax")
     total = x.new_zeros(size, x.size(1)).scatter_add(0, expanded, torch.exp(x - top[index]))
     return torch.where(total > 0, top + total.clamp(min=torch.finfo(x.dtype).tiny).log(), NEG)
+
+
+def build_plans(hierarchy: Hierarchy) -> Hierarchy:
+    """Build and cache the kernels' plans for ``hierarchy`` now, and return it.
+
+    :func:`hsa` builds them on its first call on a hierarchy; build them ahead where that call should not pay
+    for it: in a ``DataLoader``'s collate (plans move with ``Hierarchy.to``), or before ``torch.compile``
+    traces a model (building them inside a compiled region breaks the graph). Under ``torch.compile`` every
+    tree takes the DP: with the dense kernel, inductor (torch 2.13, CPU) gave wrong gradients for
+    ``HSAConv`` in training mode (``tests/test_nn_compile.py``)."""
+    plan = dense_plan(hierarchy)
+    family_blocks(hierarchy)
+    if plan is not None and plan.rest is not None:
+        family_blocks(plan.rest)
+    return hierarchy

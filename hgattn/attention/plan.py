@@ -3,7 +3,8 @@
 Families (the children of one node) with two or more children are grouped by size into padded dense blocks;
 each block says where its rows and columns come from (:class:`GatherSpec`). The plan depends on the tree
 only, so it is built on the first call of the operator and cached on the hierarchy (:func:`family_blocks`);
-``Hierarchy.to`` moves it with the tree.
+``Hierarchy.to`` moves it with the tree. Under ``torch.compile`` the build runs eagerly (a graph break on the
+first call); :func:`hgattn.attention.build_plans` builds every plan ahead, e.g. in a loader's collate.
 """
 from __future__ import annotations
 
@@ -117,6 +118,7 @@ def _bucket_widths(sizes: list[int]) -> dict[int, int]:
     return widths
 
 
+@torch.compiler.disable
 def _family_blocks(h: Hierarchy) -> list[FamilyBlock]:
     """Group the families with two or more children into padded dense blocks (see :class:`FamilyBlock`).
 
