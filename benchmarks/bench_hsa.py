@@ -151,6 +151,13 @@ def _make_step(cfg: Config, q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor,
             return hgattn.hsa(q, k, v, hierarchy)
         return F.scaled_dot_product_attention(q, k, v)
 
+    return make_step(cfg.mode, q, k, v, grad_out, attend)
+
+
+def make_step(mode: str, q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor,
+              attend: Callable[[], Tensor]) -> Callable[[], None]:
+    """One measured step: ``attend()`` under ``torch.no_grad()`` (``mode='fwd'``), or forward and backward of
+    ``grad_out`` with the gradients of ``q, k, v`` cleared first (``'fwd+bwd'``)."""
     def forward() -> None:
         with torch.no_grad():
             attend()
@@ -159,21 +166,23 @@ def _make_step(cfg: Config, q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor,
         q.grad = k.grad = v.grad = None
         attend().backward(grad_out)
 
-    return forward if cfg.mode == "fwd" else forward_backward
+    return forward if mode == "fwd" else forward_backward
+
+
+def timed_step(step: Callable[[], None], sync: Callable[[], None]) -> float:
+    """Seconds of one call of ``step``, synchronised before and after by ``sync``."""
+    sync()
+    start = time.perf_counter()
+    step()
+    sync()
+    return time.perf_counter() - start
 
 
 def _time_steps(step: Callable[[], None], sync: Callable[[], None], cfg: Config) -> list[float]:
     """Seconds per timed step after ``cfg.warmup`` untimed ones; one timed step when a warm-up is long."""
-    def timed() -> float:
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        return time.perf_counter() - start
-
-    warm = [timed() for _ in range(cfg.warmup)]
+    warm = [timed_step(step, sync) for _ in range(cfg.warmup)]
     repeats = 1 if warm and warm[-1] > cfg.long_run_s else cfg.repeats
-    return [timed() for _ in range(repeats)]
+    return [timed_step(step, sync) for _ in range(repeats)]
 
 
 class PeakMemory:

@@ -56,7 +56,8 @@ def malloc_env(environ: Mapping[str, str]) -> dict[str, str]:
 #: The allocator variables this process started with (bench_hsa fills in its defaults on import).
 STARTUP_MALLOC_ENV = malloc_env(os.environ)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hsa import ALLOCATOR_ENV, PeakMemory, available_memory, sdpa_memory_estimate  # noqa: E402
+from bench_hsa import (ALLOCATOR_ENV, PeakMemory, available_memory, make_step,  # noqa: E402
+                       sdpa_memory_estimate, timed_step)
 
 for _key in ALLOCATOR_ENV.keys() - STARTUP_MALLOC_ENV.keys():
     del os.environ[_key]   # undo bench_hsa's setdefault: this process keeps the environment it started with
@@ -134,7 +135,7 @@ def measure(cfg: Config) -> dict[str, Any]:
         record["estimate_mb"] = need / 2**20
         if need > MEMORY_HEADROOM * free:
             return {**record, "status": "OOM-skip", "free_mb": free / 2**20}
-    step = make_step(cfg.mode, q, k, v, grad_out, hierarchy)
+    step = make_step(cfg.mode, q, k, v, grad_out, attention(q, k, v, hierarchy))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     first_meter = PeakMemory(device)
     first = timed_step(step, sync)
@@ -180,30 +181,11 @@ def make_inputs(cfg: Config, device: torch.device) -> tuple[Tensor, Tensor, Tens
     return q, k, v, grad_out
 
 
-def make_step(mode: str, q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor,
-              hierarchy: hgattn.Hierarchy | None) -> Callable[[], None]:
-    def attend() -> Tensor:
-        if hierarchy is not None:
-            return hgattn.hsa(q, k, v, hierarchy, include_self=True)
-        return F.scaled_dot_product_attention(q, k, v)
-
-    def forward() -> None:
-        with torch.no_grad():
-            attend()
-
-    def forward_backward() -> None:
-        q.grad = k.grad = v.grad = None
-        attend().backward(grad_out)
-
-    return forward if mode == "fwd" else forward_backward
-
-
-def timed_step(step: Callable[[], None], sync: Callable[[], None]) -> float:
-    sync()
-    start = time.perf_counter()
-    step()
-    sync()
-    return time.perf_counter() - start
+def attention(q: Tensor, k: Tensor, v: Tensor, hierarchy: hgattn.Hierarchy | None) -> Callable[[], Tensor]:
+    """HSA with the self term over ``hierarchy``, or per-tree SDPA where it is None."""
+    if hierarchy is not None:
+        return lambda: hgattn.hsa(q, k, v, hierarchy, include_self=True)
+    return lambda: F.scaled_dot_product_attention(q, k, v)
 
 
 def warm_and_time(step: Callable[[], None], sync: Callable[[], None], first: float,

@@ -70,7 +70,8 @@ class Hierarchy:
         leaf_node: ``[N]`` node id of leaf row ``i``.
         node_leaf: ``[T]`` leaf row of a node, ``-1`` for inner nodes.
         root: ``[T]`` root id of each node's tree.
-        batch: ``[N]`` tree index (0 .. num_trees-1, trees ordered by root id) of each leaf.
+        tree: ``[T]`` tree index (0 .. num_trees-1, trees ordered by root id) of each node.
+        batch: ``[N]`` tree index of each leaf (``tree[leaf_node]``).
         child_ptr, child_index: children grouped by parent (CSR over node ids, children by increasing id).
         node_slices: for a hierarchy built from ``HeteroData``, node type -> ``(start, stop)`` node ids.
     """
@@ -265,7 +266,8 @@ class Hierarchy:
         self.num_trees = roots.numel()
         tree_of_root = torch.full((num_nodes,), -1, dtype=torch.long, device=device)
         tree_of_root[roots] = torch.arange(self.num_trees, device=device)
-        self.batch = tree_of_root[self.root[self.leaf_node]]
+        self.tree = tree_of_root[self.root]
+        self.batch = self.tree[self.leaf_node]
 
         self.child_index = has_parent.nonzero().view(-1)
         self.child_index = self.child_index[torch.argsort(parent[self.child_index], stable=True)]

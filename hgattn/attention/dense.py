@@ -246,7 +246,7 @@ class _FamilyAttention(torch.autograd.Function):
 # ---------------------------------------------------------------------- plan
 @torch.compiler.disable
 def _build_plan(h: Hierarchy) -> DensePlan | None:
-    tree = _tree_of_node(h)
+    tree = h.tree
     leaves = torch.bincount(tree[h.is_leaf], minlength=h.num_trees)
     inner = torch.bincount(tree[~h.is_leaf], minlength=h.num_trees)
     groups = _choose_groups(leaves + inner)
@@ -267,14 +267,6 @@ def _build_plan(h: Hierarchy) -> DensePlan | None:
     identity = position.numel() == h.num_leaves and bool(
         (order == torch.arange(h.num_leaves, device=h.device)).all())
     return DensePlan(built, rest, rest_leaf_row, rest_nodes, order, identity)
-
-
-def _tree_of_node(h: Hierarchy) -> Tensor:
-    """``[T]`` tree index of every node (trees ordered by root id)."""
-    roots = (h.parent < 0).nonzero().view(-1)
-    index = torch.full((h.num_nodes,), -1, dtype=torch.long, device=h.device)
-    index[roots] = torch.arange(roots.numel(), device=h.device)
-    return index[h.root]
 
 
 def _choose_groups(size: Tensor) -> list[Tensor]:
