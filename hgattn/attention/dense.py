@@ -28,7 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from ..hierarchy import NEG, Hierarchy
 from . import dp
-from .numerics import exp, exp_
+from .numerics import exp
 
 __all__ = ["DenseGroup", "DensePlan", "dense_plan", "hsa_dense"]
 
@@ -130,54 +130,63 @@ def hsa_dense(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, self_logit: T
               plan: DensePlan, scale: float) -> Tensor:
     """HSA of prepared inputs (``[N, H, d]``, ``pos`` ``[T, H or 1, C]``, ``self_logit`` ``[N, H]`` or None)
     with the dense groups of ``plan`` and the DP for the rest; differentiable by autograd."""
-    dims = [q.size(-1), k.size(-1), v.size(-1)]
-    slots = torch.cat([q, k, v], dim=-1)
     if not plan.identity:
-        slots = slots.new_zeros(plan.slots, *slots.shape[1:]).index_copy(0, plan.order, slots)
+        q, k, v = (_ToSlots.apply(x, plan.order, plan.slots) for x in (q, k, v))
     parts, start = [], 0
     for g in plan.groups:
-        leaves = slots.narrow(0, start, g.trees * g.leaves)
-        parts.append(_group_output(g, leaves, dims, pos, self_logit, scale))
-        start += g.trees * g.leaves
+        rows = slice(start, start + g.trees * g.leaves)
+        parts.append(_group_output(g, q[rows], k[rows], v[rows], pos, self_logit, scale))
+        start = rows.stop
     if plan.rest is not None:
-        q_rest, k_rest, v_rest = (x.contiguous() for x in slots[start:].split(dims, dim=-1))
-        rows = plan.rest_leaf_row
-        parts.append(dp.hsa_dp(q_rest, k_rest, v_rest, None if pos is None else pos[plan.rest_node],
-                               None if self_logit is None else self_logit[rows], plan.rest, scale))
+        parts.append(dp.hsa_dp(q[start:], k[start:], v[start:], None if pos is None else pos[plan.rest_node],
+                               None if self_logit is None else self_logit[plan.rest_leaf_row], plan.rest, scale))
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
-    return out if plan.identity else _InjectiveGather.apply(out, plan.order)
+    return out if plan.identity else _FromSlots.apply(out, plan.order)
 
 
-class _InjectiveGather(torch.autograd.Function):
-    """``x[index]`` for an index without repeats: the backward pass copies rows back instead of adding them."""
+class _ToSlots(torch.autograd.Function):
+    """Leaf rows ``[N, ...]`` placed at rows ``order`` of a zero ``[slots, ...]`` tensor (the groups' padded leaf
+    slots, then the DP's leaves); the backward pass reads them back."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
-        ctx.save_for_backward(index)
-        ctx.rows = x.size(0)
-        return x.index_select(0, index)
+    def forward(ctx, x: Tensor, order: Tensor, slots: int) -> Tensor:
+        ctx.save_for_backward(order)
+        return x.new_zeros(slots, *x.shape[1:]).index_copy_(0, order, x)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        (index,) = ctx.saved_tensors
-        return grad.new_zeros(ctx.rows, *grad.shape[1:]).index_copy_(0, index, grad), None
+        (order,) = ctx.saved_tensors
+        return grad.index_select(0, order), None, None
+
+
+class _FromSlots(torch.autograd.Function):
+    """The inverse of :class:`_ToSlots`: rows ``order`` of ``[slots, ...]``, copied back (not added) in the
+    backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, order: Tensor) -> Tensor:
+        ctx.save_for_backward(order)
+        ctx.rows = x.size(0)
+        return x.index_select(0, order)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        (order,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.rows, *grad.shape[1:]).index_copy_(0, order, grad), None
 
 
 # ---------------------------------------------------------------------- forward
-def _group_output(g: DenseGroup, leaves: Tensor, dims: list[int], pos: Tensor | None, self_logit: Tensor | None,
+def _group_output(g: DenseGroup, q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, self_logit: Tensor | None,
                   scale: float) -> Tensor:
-    """``[B * n, H, dv]`` outputs of the leaf slots of one group (padding rows included), from its leaf slots
-    ``[B * n, H, 2d + dv]`` (query, key and value side by side)."""
-    heads, width, dim_v = leaves.size(1), leaves.size(2), dims[2]
-    b, n, t = g.trees, g.leaves, g.slots
-    mean, path, bias, child_weight, reach, has_sibling = g.matrices(leaves.dtype)
-    leaves = leaves.reshape(b, n, heads * width)
-    inner = torch.bmm(mean, leaves)
-    nodes = torch.cat([leaves, inner], 1).view(b, t, heads, width).transpose(1, 2)
-    qn, kn, vn = nodes.split(dims, dim=-1)                                # [B, H, T, d] each
-    pn = None if pos is None else _pad_rows(pos, g.node).view(b, t, *pos.shape[1:]).transpose(1, 2)
-    e, theta = _FamilyAttention.apply(qn, kn, vn, pn, bias, has_sibling, scale)
+    """``[B * n, H, dv]`` outputs of the leaf slots of one group (padding rows included) from its leaf slots
+    ``q, k, v`` ``[B * n, H, d]``: the family attention and the output assembly are custom autograd functions
+    over the large tensors; the gates between them are plain autograd ops on ``[B, H, T]`` scalars."""
+    heads, b, n = q.size(1), g.trees, g.leaves
+    mean, path, bias, child_weight, reach, has_sibling = g.matrices(q.dtype)
+    pn = None if pos is None else _pad_rows(pos, g.node).view(b, g.slots, *pos.shape[1:]).transpose(1, 2)
+    e, theta = _FamilyAttention.apply(q, k, v, pn, mean, bias, has_sibling, scale)
     if self_logit is None:
         a_leaf = e.new_full((b, 1, n), NEG).expand(b, heads, n)
     else:
@@ -190,12 +199,8 @@ def _group_output(g: DenseGroup, leaves: Tensor, dims: list[int], pos: Tensor | 
     z = torch.logaddexp(torch.cat([a_leaf, a_inner], -1), e)
     u = torch.matmul(a_inner - z[..., n:], reach)                         # [B, H, T]
     gain = exp(u + e - z) * has_sibling[:, None]
-    y = (gain.unsqueeze(-1) * theta).transpose(1, 2)                      # [B, T, H, d]
-    out = y[:, :n] + torch.bmm(path, y[:, n:].reshape(b, g.inner, heads * dim_v)).view(b, n, heads, dim_v)
-    if self_logit is not None:
-        keep = exp(u[..., :n] + a_leaf - z[..., :n]).transpose(1, 2)    # [B, n, H]
-        out = out + keep.unsqueeze(-1) * vn[:, :, :n].transpose(1, 2)
-    return out.reshape(b * n, heads, dim_v)
+    keep = None if self_logit is None else exp(u[..., :n] + a_leaf - z[..., :n])
+    return _Combine.apply(gain, theta, keep, v, path)
 
 
 def _pad_rows(x: Tensor, index: Tensor) -> Tensor:
@@ -203,44 +208,113 @@ def _pad_rows(x: Tensor, index: Tensor) -> Tensor:
     return torch.cat([x, x.new_zeros((1,) + x.shape[1:])]).index_select(0, index)
 
 
+def _to_nodes(x: Tensor, mean: Tensor, factor: float = 1.0) -> Tensor:
+    """``[B, H, T, d]``: the leaf slots ``x`` ``[B * n, H, d]`` followed by the means of the inner slots, times
+    ``factor``."""
+    b, k, n = mean.shape
+    heads, dim = x.shape[1:]
+    out = x.new_empty(b, heads, n + k, dim)
+    leaves = x.view(b, n, heads, dim)
+    torch.mul(leaves.transpose(1, 2), factor, out=out[:, :, :n])
+    inner = torch.bmm(mean, leaves.reshape(b, n, heads * dim)).view(b, k, heads, dim).transpose(1, 2)
+    torch.mul(inner, factor, out=out[:, :, n:])
+    return out
+
+
+def _to_leaves(grad: Tensor, mean: Tensor, factor: float = 1.0) -> Tensor:
+    """The adjoint of :func:`_to_nodes`: ``[B * n, H, d]`` from the gradient ``[B, H, T, d]`` of the slots."""
+    b, k, n = mean.shape
+    heads, dim = grad.shape[1], grad.shape[3]
+    out = grad.new_empty(b, n, heads, dim)
+    torch.mul(grad[:, :, :n].transpose(1, 2), factor, out=out)
+    inner = grad[:, :, n:].transpose(1, 2).reshape(b, k, heads * dim)
+    out.view(b, n, heads * dim).baddbmm_(mean.transpose(1, 2), inner, alpha=factor)
+    return out.view(b * n, heads, dim)
+
+
 class _FamilyAttention(torch.autograd.Function):
-    """Masked attention of every slot over its siblings: ``e = logsumexp_S(L)`` ``[B, H, T]`` and
-    ``theta = softmax_S(L) @ v`` ``[B, H, T, d]`` with ``L = q k^T scale + <pos, pos> + bias``; rows without a
-    sibling give ``e = NEG``, ``theta = 0`` and no gradient. The softmax is kept for the backward pass."""
+    """Masked attention of every slot over its siblings, from the leaf slots ``q, k, v`` ``[B * n, H, d]``:
+    ``e = logsumexp_S(L)`` ``[B, H, T]`` and ``theta = softmax_S(L) @ v`` ``[B, H, T, d]`` with
+    ``L = q k^T scale + <pos, pos> + bias`` over the slots (leaves, then inner means ``mean @ x``); rows
+    without a sibling give ``e = NEG`` and no gradient (their ``theta`` is a uniform average, gated to 0 by
+    the caller). The softmax is kept for the backward pass."""
 
     @staticmethod
-    def forward(ctx, q, k, v, pos, bias, has_sibling, scale):
-        logit = torch.matmul(q, k.transpose(-1, -2)).mul_(scale).add_(bias[:, None])
+    def forward(ctx, q, k, v, pos, mean, bias, has_sibling, scale):
+        qn, kn, vn = _to_nodes(q, mean), _to_nodes(k, mean, scale), _to_nodes(v, mean)
+        logit = torch.matmul(qn, kn.transpose(-1, -2)).add_(bias[:, None])
         if pos is not None:
             logit.add_(torch.matmul(pos, pos.transpose(-1, -2)))
-        top = logit.amax(dim=-1, keepdim=True)
-        logit.sub_(top)
-        weight = exp_(logit)
-        total = weight.sum(dim=-1, keepdim=True)
-        weight.div_(total)
-        mask = has_sibling[:, None]
-        e = torch.where(mask > 0, (top + total.log()).squeeze(-1), NEG)
-        theta = torch.matmul(weight, v).mul_(mask.unsqueeze(-1))
-        ctx.save_for_backward(q, k, v, pos, weight, theta, mask)
+        top = logit.amax(dim=-1)
+        weight = torch.softmax(logit, dim=-1)
+        e = torch.where(has_sibling[:, None] > 0, top - _max_log(weight), NEG)
+        theta = torch.matmul(weight, vn)
+        ctx.save_for_backward(qn, kn, vn, pos, mean, weight, theta, has_sibling)
         ctx.scale = scale
         return e, theta
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_e, grad_theta):
-        q, k, v, pos, weight, theta, mask = ctx.saved_tensors
-        grad_theta = grad_theta * mask.unsqueeze(-1)
-        grad_e = grad_e * mask
-        grad_logit = torch.matmul(grad_theta, v.transpose(-1, -2))
-        grad_logit.sub_((grad_theta * theta).sum(-1, keepdim=True) - grad_e.unsqueeze(-1)).mul_(weight)
-        grad_q = torch.matmul(grad_logit, k).mul_(ctx.scale)
-        grad_k = torch.matmul(grad_logit.transpose(-1, -2), q).mul_(ctx.scale)
-        grad_v = torch.matmul(weight.transpose(-1, -2), grad_theta)
+        qn, kn, vn, pos, mean, weight, theta, has_sibling = ctx.saved_tensors
+        grad_e = grad_e * has_sibling[:, None]
+        grad_logit = torch.matmul(grad_theta, vn.transpose(-1, -2))
+        drift = torch.linalg.vecdot(grad_theta, theta) - grad_e
+        grad_logit.sub_(drift.unsqueeze(-1)).mul_(weight)
+        grad_q = _to_leaves(torch.matmul(grad_logit, kn), mean)
+        grad_k = _to_leaves(torch.matmul(grad_logit.transpose(-1, -2), qn), mean, ctx.scale)
+        grad_v = _to_leaves(torch.matmul(weight.transpose(-1, -2), grad_theta), mean)
         grad_pos = None
         if pos is not None:
             grad_pair = grad_logit if pos.size(1) > 1 else grad_logit.sum(1, keepdim=True)
             grad_pos = torch.matmul(grad_pair + grad_pair.transpose(-1, -2), pos)
-        return grad_q, grad_k, grad_v, grad_pos, None, None, None
+        return grad_q, grad_k, grad_v, grad_pos, None, None, None, None
+
+
+def _max_log(weight: Tensor) -> Tensor:
+    """``log max_S softmax`` per row: with the row maximum ``top`` of the logits, ``top - _max_log`` is the
+    row's logsumexp (the largest weight is at least ``1 / T``, so the log is exact)."""
+    return weight.amax(dim=-1).log()
+
+
+class _Combine(torch.autograd.Function):
+    """The leaf outputs ``[B * n, H, dv]`` of one group: ``gain * theta`` at the leaf's own slot, plus
+    ``path @ (gain * theta)`` over its inner ancestors, plus ``keep * v`` (with the self term)."""
+
+    @staticmethod
+    def forward(ctx, gain, theta, keep, v, path):
+        b, n, k = path.shape
+        heads, dim = theta.size(1), theta.size(-1)
+        out = theta.new_empty(b, n, heads, dim)
+        torch.mul(theta[:, :, :n].transpose(1, 2), gain[:, :, :n, None].transpose(1, 2), out=out)
+        inner = (theta[:, :, n:] * gain[:, :, n:, None]).transpose(1, 2).reshape(b, k, heads * dim)
+        out.view(b, n, heads * dim).baddbmm_(path, inner)
+        leaves_v = v.view(b, n, heads, dim)
+        if keep is not None:
+            out.addcmul_(keep.transpose(1, 2).unsqueeze(-1), leaves_v)
+        ctx.save_for_backward(gain, theta, keep, leaves_v, path)
+        return out.view(b * n, heads, dim)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        gain, theta, keep, leaves_v, path = ctx.saved_tensors
+        b, n, k = path.shape
+        heads, dim = theta.size(1), theta.size(-1)
+        grad = grad.view(b, n, heads, dim)
+        grad_leaf = grad.transpose(1, 2)                                        # [B, H, n, dv]
+        grad_inner = torch.bmm(path.transpose(1, 2), grad.reshape(b, n, heads * dim))
+        grad_inner = grad_inner.view(b, k, heads, dim).transpose(1, 2)          # [B, H, K, dv]
+        grad_theta = torch.empty_like(theta)
+        torch.mul(grad_leaf, gain[:, :, :n, None], out=grad_theta[:, :, :n])
+        torch.mul(grad_inner, gain[:, :, n:, None], out=grad_theta[:, :, n:])
+        grad_gain = torch.cat([torch.linalg.vecdot(grad_leaf, theta[:, :, :n]),
+                               torch.linalg.vecdot(grad_inner, theta[:, :, n:])], -1)
+        grad_keep = grad_v = None
+        if keep is not None:
+            grad_keep = torch.linalg.vecdot(grad, leaves_v).transpose(1, 2)
+            grad_v = (grad * keep.transpose(1, 2).unsqueeze(-1)).view(b * n, heads, dim)
+        return grad_gain, grad_theta, grad_keep, grad_v, None
 
 
 # ---------------------------------------------------------------------- plan
