@@ -55,7 +55,7 @@ def test_levels_embeddings_and_data_input():
     assert data["token"].x.shape == (5, 384) and data["token"].pos.shape == (5, 8)
     assert torch.equal(data["token"].x[0], builder.embedding_table[data["token"].token_id[0]])
     assert Hierarchy.from_hetero(data).num_leaves == 5
-    assert repr(builder) == "TextHierarchy(levels=(), embeddings=True, pos_dim=8)"
+    assert repr(builder) == "TextHierarchy(levels=(), embeddings=True, pos_dim=8, max_tokens=None)"
 
 
 def test_list_of_paragraphs_equals_string(builder):
@@ -86,9 +86,36 @@ def test_errors(builder):
         builder.build([])
     with pytest.raises(ValueError, match="no 'text' attribute"):
         builder(Data(y=torch.tensor([0])))
-    with pytest.raises(ValueError, match="string or a list of strings"):
+    with pytest.raises(ValueError, match="a string, a list of paragraph strings"):
         builder.build(3)
     with pytest.raises(ValueError, match="levels"):
         TextHierarchy(levels=("sentence", "paragraph"))
     with pytest.raises(ValueError, match="pos_dim"):
         TextHierarchy(pos_dim=3)
+
+
+def test_gold_sentences_are_kept_as_given(builder):
+    """A list of paragraphs that are lists of sentences is not re-split (pysbd would cut "Why? No." in two);
+    blank sentences and paragraphs are dropped."""
+    gold = [["Why? No.", "Mr. Smith paid."], ["   "], ["One more."]]
+    data = builder.build(gold)
+    assert data["paragraph"].num_nodes == 2 and data["sentence"].num_nodes == 3
+    assert data["sentence", "in", "paragraph"].edge_index[1].tolist() == [0, 0, 1]
+    expected = builder.tokenizer(["Why? No. Mr. Smith paid. One more."], add_special_tokens=False)["input_ids"][0]
+    assert data["token"].token_id.tolist() == expected
+
+
+def test_max_tokens_cuts_at_a_sentence_boundary():
+    gold = [["One two three.", "Four five six seven."], ["Eight nine."]]
+    full = TextHierarchy().build(gold)
+    lengths = torch.bincount(full["token", "in", "sentence"].edge_index[1]).tolist()
+    cut = TextHierarchy(max_tokens=lengths[0] + lengths[1] + lengths[2] - 1).build(gold)
+    assert cut["sentence"].num_nodes == 2 and cut["paragraph"].num_nodes == 1
+    assert cut["token"].num_nodes == lengths[0] + lengths[1]
+    assert cut["token"].token_id.tolist() == full["token"].token_id[:lengths[0] + lengths[1]].tolist()
+    tiny = TextHierarchy(max_tokens=2).build(gold)
+    assert tiny["token"].num_nodes == 2 and tiny["sentence"].num_nodes == 1
+    assert repr(TextHierarchy(max_tokens=5)).endswith("max_tokens=5)")
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="max_tokens"):
+            TextHierarchy(max_tokens=bad)

