@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,7 +18,10 @@ from torch_geometric.data import Dataset, HeteroData
 from .config import TrainConfig
 from .metrics import accuracy, accuracy_ogb, macro_f1, roc_auc_ogb
 
-__all__ = ["Task", "TASKS", "load_task", "task_names", "model_names"]
+__all__ = ["Task", "TASKS", "TREE_MODELS", "load_task", "task_names", "model_names", "register_task",
+           "import_task_loader", "tree_dataset_task", "classification_metrics", "tree_classification_task"]
+
+TaskLoader = Callable[[TrainConfig], "Task"]
 
 
 @dataclass
@@ -55,6 +62,95 @@ def tree_classification_task(name: str, num_classes: int,
     """A graph classification task over trees: cross-entropy, accuracy (selects the epoch) and macro-F1."""
     return Task(name, "graph", "cross_entropy", "accuracy", num_classes, build,
                 classification_metrics(num_classes), splits=splits)
+
+
+#: Models of :func:`tree_dataset_task`: HSA over the tree, flat softmax attention (FSA) over the leaves of
+#: each tree, and DeepSet (no attention).
+TREE_MODELS = ("hsa", "fsa", "deepset")
+
+
+def tree_dataset_task(name: str, dataset: Dataset, config: TrainConfig, *,
+                      splits: dict[str, Dataset] | None = None, embedding: Tensor | None = None,
+                      num_classes: int | None = None) -> Task:
+    """A graph classification task over any dataset of ``HeteroData`` trees with a graph label ``y``.
+
+    The trees are read as :meth:`hgattn.Hierarchy.from_hetero` reads them (tree edges child -> parent); the
+    leaf types are the node types that are children and never parents, with features ``x`` (or ``token_id``
+    rows of ``embedding``) and optional ``pos``. The models (``config.model``, see :data:`TREE_MODELS`) are
+    :class:`~hgattn.nn.models.TreeClassifier` with HSA, FSA (flat softmax attention over each tree's leaves;
+    one leaf type) or DeepSet.
+
+    Args:
+        name: the task's name (in results and logs).
+        dataset: the trees (e.g. a user's ``InMemoryDataset``).
+        config: the run's configuration (``model``, ``hidden``, ``heads``, ``dropout``).
+        splits: ``train``/``valid``/``test`` datasets; default ``dataset.split_idx`` when the dataset has one,
+            else a seeded class-stratified 80/10/10 split of ``y``.
+        embedding: a frozen ``[vocab, F]`` table for leaf types given by ``token_id``.
+        num_classes: number of classes; default the largest label + 1.
+    """
+    from ..datasets.splits import stratified_split
+    from .models import TreeClassifier
+
+    _check_model(name, config.model, TREE_MODELS)
+    if len(dataset) == 0:
+        raise ValueError(f"{name}: the dataset is empty")
+    sample = dataset[0]
+    if not isinstance(sample, HeteroData) or "y" not in sample:
+        raise ValueError(f"{name}: tree_dataset_task needs HeteroData trees with a graph label y, got a "
+                         f"{type(sample).__name__}" + ("" if "y" in sample else " without y"))
+    leaf_channels = _leaf_channels(name, sample, embedding)
+    labels = _labels(dataset)
+    if splits is None:
+        split_idx = getattr(dataset, "split_idx", None) or stratified_split(labels)
+        splits = {key: dataset[index] for key, index in split_idx.items()}
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1
+    elif int(labels.max()) >= num_classes or int(labels.min()) < 0:
+        raise ValueError(f"{name}: labels must lie in [0, {num_classes}), got {int(labels.min())} .. "
+                         f"{int(labels.max())}")
+    pos_channels = max((sample[nt].pos.size(1) for nt in sample.node_types if "pos" in sample[nt]), default=0)
+
+    def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
+        channels: int | dict[str, int] = leaf_channels
+        leaf_type = None
+        if model == "fsa":
+            if len(leaf_channels) != 1:
+                raise ValueError(f"{name}: fsa needs one leaf type, the trees have {list(leaf_channels)}")
+            (leaf_type, channels), = leaf_channels.items()
+        return TreeClassifier(channels, cfg.hidden, num_classes, sample.metadata(), leaf_type, heads=cfg.heads,
+                              pos_channels=pos_channels, attention=model != "deepset", flat=model == "fsa",
+                              embedding=embedding, dropout=cfg.dropout)
+
+    return tree_classification_task(name, num_classes, build, splits)
+
+
+def _leaf_channels(name: str, sample: HeteroData, embedding: Tensor | None) -> dict[str, int]:
+    """Leaf type -> feature size of one tree: children of a tree edge that are never parents."""
+    children = {src for src, _, _ in sample.edge_types}
+    parents = {dst for _, _, dst in sample.edge_types}
+    leaf_types = sorted(children - parents) or list(sample.node_types)
+    channels = {}
+    for leaf_type in leaf_types:
+        store = sample[leaf_type]
+        if embedding is not None and "token_id" in store:
+            channels[leaf_type] = embedding.size(1)
+        elif "x" in store:
+            channels[leaf_type] = store.x.size(-1)
+        else:
+            raise ValueError(f"{name}: leaf type {leaf_type!r} has no features x"
+                             + (" or token_id" if embedding is not None else ""))
+    return channels
+
+
+def _labels(dataset: Dataset) -> Tensor:
+    """``[len(dataset)]`` integer graph labels."""
+    whole = getattr(dataset, "_indices", None) is None and getattr(dataset, "_data", None) is not None
+    y = dataset._data.y if whole and "y" in dataset._data else torch.cat([data.y.view(-1) for data in dataset])
+    if y.numel() != len(dataset) or y.is_floating_point():
+        raise ValueError(f"graph labels y must be one integer per tree, got {y.numel()} {y.dtype} values for "
+                         f"{len(dataset)} trees")
+    return y.view(-1)
 
 
 # ---------------------------------------------------------------- BBC News
@@ -288,6 +384,46 @@ TASKS: dict[str, tuple[Callable[[TrainConfig], Task], tuple[str, ...]]] = {
 }
 
 
+def register_task(name: str, models: Sequence[str] = TREE_MODELS) -> Callable[[TaskLoader], TaskLoader]:
+    """Decorator: register ``loader(config) -> Task`` as the task ``name`` with the given ``models`` (it is then
+    listed by ``hgattn train --list`` and trained by ``hgattn train --task name`` once its module is imported;
+    or name it directly as ``--task module:loader``)."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"a task name must be a non-empty string without ':', got {name!r}")
+
+    def register(loader: TaskLoader) -> TaskLoader:
+        if name in TASKS and TASKS[name][0] is not loader:
+            raise ValueError(f"task {name!r} is already registered (by {TASKS[name][0].__module__})")
+        TASKS[name] = (loader, tuple(models))
+        return loader
+
+    return register
+
+
+def import_task_loader(spec: str) -> TaskLoader:
+    """The loader named by ``'package.module:function'`` or ``'path/to/file.py:function'`` (a module is
+    looked up from the working directory too, as ``python -m`` does)."""
+    module_name, sep, attribute = spec.rpartition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"a user task is 'module:function' or 'file.py:function', got {spec!r}")
+    if module_name.endswith(".py") or os.sep in module_name:
+        path = Path(module_name)
+        if not path.is_file():
+            raise FileNotFoundError(f"task {spec!r}: no file {path}")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[path.stem] = module
+        module_spec.loader.exec_module(module)
+    else:
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        module = importlib.import_module(module_name)
+    loader = getattr(module, attribute, None)
+    if not callable(loader):
+        raise ValueError(f"task {spec!r}: {module_name} has no callable {attribute!r}")
+    return loader
+
+
 def task_names() -> list[str]:
     return list(TASKS)
 
@@ -297,7 +433,15 @@ def model_names() -> list[str]:
 
 
 def load_task(config: TrainConfig) -> Task:
-    """Load ``config.task`` (raises ``ValueError`` for an unknown task or a model it does not support)."""
-    if config.task not in TASKS:
-        raise ValueError(f"unknown task {config.task!r}; choose one of {task_names()}")
-    return TASKS[config.task][0](config)
+    """Load ``config.task``: a registered name, or a user loader ``'module:function'`` /
+    ``'file.py:function'`` called with ``config`` (raises ``ValueError`` for an unknown task, a model it does
+    not support, or a loader that does not return a :class:`Task`)."""
+    if config.task in TASKS:
+        return TASKS[config.task][0](config)
+    if ":" not in config.task:
+        raise ValueError(f"unknown task {config.task!r}; choose one of {task_names()}, or name your own loader "
+                         "as 'module:function'")
+    task = import_task_loader(config.task)(config)
+    if not isinstance(task, Task):
+        raise ValueError(f"task {config.task!r} returned {type(task).__name__}, not a hgattn.train.Task")
+    return task
