@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from hgattn.datasets import HierarchicalPlanetoid
-from hgattn.train.models import NodeGPS
+from hgattn.nn.models import NodeGPS
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -90,7 +90,7 @@ def tree_dataset_task(name: str, dataset: Dataset, config: TrainConfig, *,
         num_classes: number of classes; default the largest label + 1.
     """
     from ..datasets.splits import stratified_split
-    from .models import TreeClassifier
+    from ..nn.models import TreeClassifier
 
     _check_model(name, config.model, TREE_MODELS)
     if len(dataset) == 0:
@@ -163,7 +163,7 @@ def load_bbc_news(config: TrainConfig) -> Task:
     embeddings as token features; the dataset's seeded stratified 80/10/10 split."""
     from ..datasets import BBCNews
     from ..transforms import TextHierarchy
-    from .models import TreeClassifier
+    from ..nn.models import TreeClassifier
 
     _check_model("bbc-news", config.model, TEXT_MODELS)
     levels = () if config.model == "fsa" else ("paragraph", "sentence")
@@ -203,7 +203,7 @@ def load_emoji(config: TrainConfig) -> Task:
     80/10/10 split."""
     from ..datasets import Emoji
     from ..transforms import TextHierarchy
-    from .models import TreeClassifier
+    from ..nn.models import TreeClassifier
 
     _check_model("emoji", config.model, TEXT_MODELS)
     dataset = Emoji(str(Path(config.data_root) / "emoji"), source=config.source, limit=config.max_graphs,
@@ -271,7 +271,7 @@ def node_task(name: str, graph: HeteroData, num_classes: int,
     """A node classification task on a GraphHierarchy tree ``graph`` (``node`` features, labels and masks):
     GCN (``gcn``), GCN + HSA global attention over the tree (``gps-hsa``), GCN + dense global attention
     (``gps-dense``), PyG's SGFormer (``sgformer``, linear global attention + GCN)."""
-    from .models import NodeGCN, NodeGPS, NodeSGFormer
+    from ..nn.models import NodeGCN, NodeGPS, NodeSGFormer
 
     in_channels, pos_channels = graph["node"].x.size(1), graph["node"].pos.size(1)
 
@@ -307,7 +307,7 @@ def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
 
     def load(config: TrainConfig) -> Task:
         from ..datasets import OGBMoleculeDataset
-        from .models import MoleculeGNN, MoleculeHSATransformer
+        from ..nn.models import MoleculeGNN, MoleculeHSATransformer
 
         _check_model(name, config.model, MOLECULE_MODELS)
         dataset = OGBMoleculeDataset(name, str(Path(config.data_root) / "ogb"), source=config.source)

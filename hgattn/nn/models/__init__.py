@@ -1,0 +1,8 @@
+"""Models built from hgattn's layers: tree classifiers, node classifiers, molecule property predictors; each
+takes a PyG batch and returns logits."""
+from .molecule import MoleculeGNN, MoleculeHSATransformer
+from .node import NodeGCN, NodeGPS, NodeSGFormer
+from .tree import DeepSetBlock, TreeClassifier, flat_hte_block, tree_positions
+
+__all__ = ["DeepSetBlock", "TreeClassifier", "flat_hte_block", "tree_positions", "NodeGCN", "NodeGPS",
+           "NodeSGFormer", "MoleculeGNN", "MoleculeHSATransformer"]

@@ -1,0 +1,141 @@
+"""Node classifiers over one graph: GCN, GCN + global attention (HSA or PyG"s GPSConv), SGFormer."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+from torch_geometric.nn import GCNConv, GPSConv, MLP
+from torch_geometric.nn.dense.linear import Linear
+from torch_geometric.nn.inits import reset
+
+from ...hierarchy import Hierarchy
+from ..gps import GraphHSATransformer
+from .tree import tree_positions
+
+__all__ = ["NodeGCN", "NodeGPS", "NodeSGFormer"]
+
+
+class NodeGCN(torch.nn.Module):
+    """A GCN node classifier over the ``('node', 'to', 'node')`` graph of a hierarchical graph.
+
+    Shapes: ``HeteroData`` with ``node.x`` ``[N, F]`` to logits ``[N, num_classes]``.
+    """
+
+    def __init__(
+        self, in_channels: int, channels: int, num_classes: int, num_layers: int = 2, dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        from torch_geometric.nn.models import GCN
+
+        self.gcn = GCN(in_channels, channels, num_layers, num_classes, dropout=dropout)
+
+    def reset_parameters(self) -> None:
+        self.gcn.reset_parameters()
+
+    def forward(self, data: HeteroData) -> Tensor:
+        return self.gcn(data["node"].x, data["node", "to", "node"].edge_index)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.gcn})"
+
+
+class NodeSGFormer(torch.nn.Module):
+    """PyG's :class:`~torch_geometric.nn.models.SGFormer` (simplified linear global attention + GCN) over the
+    ``('node', 'to', 'node')`` graph: the linear-attention baseline of the node tasks.
+
+    Shapes: ``HeteroData`` with ``node.x`` ``[N, F]`` to logits ``[N, num_classes]``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, num_layers: int = 2, heads: int = 1,
+                 dropout: float = 0.5) -> None:
+        super().__init__()
+        from torch_geometric.nn.models import SGFormer
+
+        self.model = SGFormer(in_channels, channels, num_classes, trans_num_layers=num_layers,
+                              trans_num_heads=heads, trans_dropout=dropout, gnn_num_layers=num_layers,
+                              gnn_dropout=dropout)
+
+    def reset_parameters(self) -> None:
+        self.model.reset_parameters()
+
+    def forward(self, data: HeteroData) -> Tensor:
+        x = data["node"].x
+        return self.model(x, data["node", "to", "node"].edge_index, x.new_zeros(x.size(0), dtype=torch.long))
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.model})"
+
+
+class NodeGPS(torch.nn.Module):
+    r"""GCN + global attention for node classification: :class:`~hgattn.nn.GraphHSATransformer` (HSA over the
+    graph's cluster tree, ``attention='hsa'``) or PyG :class:`~torch_geometric.nn.conv.GPSConv` layers with
+    dense multi-head attention over all nodes (``attention='dense'``), then a linear classifier.
+
+    Shapes: ``HeteroData`` (a :class:`~hgattn.transforms.GraphHierarchy` tree) to logits ``[N, num_classes]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_classes: int,
+        attention: str,
+        num_layers: int = 2,
+        heads: int = 1,
+        pos_channels: int = 0,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if attention not in ("hsa", "dense"):
+            raise ValueError(f"NodeGPS: attention must be 'hsa' or 'dense', got {attention!r}")
+        self.attention, self.dropout = attention, dropout
+        if attention == "hsa":
+            self.model = GraphHSATransformer(
+                in_channels,
+                channels,
+                num_classes,
+                num_layers=num_layers,
+                heads=heads,
+                task="node",
+                conv="gcn",
+                dropout=dropout,
+                attn_kwargs={"pos_channels": pos_channels},
+            )
+        else:
+            self.encoder = Linear(in_channels, channels)
+            self.layers = torch.nn.ModuleList(
+                [
+                    GPSConv(
+                        channels,
+                        GCNConv(channels, channels),
+                        heads=heads,
+                        dropout=dropout,
+                        attn_type="multihead",
+                    )
+                    for _ in range(num_layers)
+                ]
+            )
+            self.head = MLP([channels, channels, num_classes], dropout=dropout, norm=None)
+
+    def reset_parameters(self) -> None:
+        for module in self.children():
+            reset(module)
+
+    def forward(self, data: HeteroData) -> Tensor:
+        x, edge_index = data["node"].x, data["node", "to", "node"].edge_index
+        if self.attention == "hsa":
+            hierarchy = Hierarchy.from_hetero(data).to(x.device)
+            pos = (
+                hierarchy.node_features(tree_positions(data, hierarchy))
+                if self.model.layers[0].attn.pos_channels
+                else None
+            )
+            return self.model(x, edge_index, hierarchy, pos=pos)
+        h = self.encoder(x)
+        for layer in self.layers:
+            h = layer(h, edge_index)
+        return self.head(h)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(attention={self.attention})"
