@@ -271,6 +271,7 @@ def node_task(name: str, graph: HeteroData, num_classes: int,
     """A node classification task on a GraphHierarchy tree ``graph`` (``node`` features, labels and masks):
     GCN (``gcn``), GCN + HSA global attention over the tree (``gps-hsa``), GCN + dense global attention
     (``gps-dense``), PyG's SGFormer (``sgformer``, linear global attention + GCN)."""
+    from ..batching import attach_hierarchy
     from ..nn.models import NodeGCN, NodeGPS, NodeSGFormer
 
     in_channels, pos_channels = graph["node"].x.size(1), graph["node"].pos.size(1)
@@ -281,6 +282,8 @@ def node_task(name: str, graph: HeteroData, num_classes: int,
         if model == "sgformer":
             return NodeSGFormer(in_channels, cfg.hidden, num_classes, num_layers=cfg.layers, heads=cfg.heads,
                                 dropout=cfg.dropout)
+        if model == "gps-hsa" and "hierarchy" not in graph:
+            attach_hierarchy(graph)
         return NodeGPS(
             in_channels,
             cfg.hidden,

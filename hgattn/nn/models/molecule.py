@@ -9,7 +9,7 @@ from torch_geometric.nn import GCNConv, GINEConv, MLP, global_mean_pool
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import reset
 
-from ...hierarchy import Hierarchy
+from ...batching import batch_hierarchy
 from ..gps import GraphHSATransformer
 from .tree import tree_positions
 
@@ -109,7 +109,7 @@ class MoleculeHSATransformer(torch.nn.Module):
 
     def forward(self, data: HeteroData) -> Tensor:
         atoms = data["atom"]
-        hierarchy = Hierarchy.from_hetero(data).to(atoms.x.device)
+        hierarchy = batch_hierarchy(data, atoms.x.device)
         pos = hierarchy.node_features(tree_positions(data, hierarchy))
         return self.model(
             self.atom_encoder(atoms.x),

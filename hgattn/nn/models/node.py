@@ -9,7 +9,7 @@ from torch_geometric.nn import GCNConv, GPSConv, MLP
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import reset
 
-from ...hierarchy import Hierarchy
+from ...batching import batch_hierarchy
 from ..gps import GraphHSATransformer
 from .tree import tree_positions
 
@@ -125,7 +125,7 @@ class NodeGPS(torch.nn.Module):
     def forward(self, data: HeteroData) -> Tensor:
         x, edge_index = data["node"].x, data["node", "to", "node"].edge_index
         if self.attention == "hsa":
-            hierarchy = Hierarchy.from_hetero(data).to(x.device)
+            hierarchy = batch_hierarchy(data, x.device)
             pos = (
                 hierarchy.node_features(tree_positions(data, hierarchy))
                 if self.model.layers[0].attn.pos_channels

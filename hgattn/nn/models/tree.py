@@ -14,6 +14,7 @@ from torch_geometric.nn.inits import reset
 from torch_geometric.nn.resolver import activation_resolver
 from torch_geometric.utils import scatter
 
+from ...batching import batch_hierarchy
 from ...hierarchy import Hierarchy
 from ..flat import FlatSoftmaxConv
 from ..hte import HTEBlock
@@ -198,7 +199,7 @@ class TreeClassifier(torch.nn.Module):
             out = self.block(value, graph, data[leaf_type].pos if "pos" in data[leaf_type] else None)
         else:
             if self.attention:
-                hierarchy = Hierarchy.from_hetero(data).to(graph.device)
+                hierarchy = batch_hierarchy(data, graph.device)
                 out = self.block(x, hierarchy, tree_positions(data, hierarchy) or None)
             else:
                 out = self.block(x)
