@@ -45,6 +45,7 @@ _CONFIG_FLAGS: dict[str, dict[str, Any]] = {
                                         "each split part; emoji: the first N)"},
     "articles_per_topic": {"type": int, "help": "bbc-news: keep only the first N articles of each topic"},
     "device": {"help": "cpu or cuda[:i]"},
+    "threads": {"type": int, "help": "CPU threads of torch (torch.set_num_threads); default torch's choice"},
 }
 
 
@@ -97,13 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
     train = commands.add_parser("train", help="train one model on one task (checkpoints, resume, results)")
-    train.add_argument("--config", help="YAML file of options (flags given on the command line win)")
+    train.add_argument(
+        "--config",
+        help="YAML file of options (flags given on the command line win); every value is checked against "
+        "its option's type and range before data loads: integers and booleans only from YAML integers and "
+        "booleans (not quoted strings), numbers finite (1e-3 is a number)",
+    )
     _add_config_flags(train, list(_CONFIG_FLAGS))
     train.add_argument(
         "--resume",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="continue from the run's checkpoint (its last finished epoch)",
+        help="continue from the run's checkpoint (its last finished epoch; its SHA-256 is checked); an "
+        "error when there is no checkpoint or when an option other than --epochs/--device/--out-dir/"
+        "--data-root/--source/--no-progress differs from the checkpoint's; a finished run is reported, not "
+        "recorded twice",
+    )
+    train.add_argument(
+        "--apply-config-changes",
+        action="store_true",
+        help="with --resume: continue with the options that differ from the checkpoint's (e.g. --lr, "
+        "--dropout) from the next epoch on, recorded in the result's config_changes (model shape, task, "
+        "model and seed can never change)",
     )
     train.add_argument(
         "--distributed",
@@ -145,10 +161,21 @@ def demo_config(args: argparse.Namespace) -> tuple[Any, int]:
 def run_train(args: argparse.Namespace) -> int:
     from .train import load_task, run_name, train
     from .train import distributed
-    from .train.loop import append_jsonl
-    from .train.results import markdown_table, plot_curves, read_jsonl, summarize
+    from .train.loop import load_resume_state
+    from .train.results import markdown_table, plot_curves, read_jsonl, record_result, summarize
+    from .train.results import write_text_atomically
 
     config = train_config(args)
+    if config.threads is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)  # before the data is processed
+    if args.apply_config_changes and not config.resume:
+        raise ValueError("--apply-config-changes changes a resumed run: it needs --resume")
+    load_resume_state(config, apply_changes=args.apply_config_changes)  # before any data loads
+    results_path = Path(config.out_dir) / "results.jsonl"
+    if results_path.is_file():
+        read_jsonl(results_path)  # a damaged results file fails now, not after training
     if config.distributed:
         config = replace(config, device=distributed.setup(config.device))
     main_rank = distributed.is_main()
@@ -158,23 +185,35 @@ def run_train(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"--distributed splits graphs over processes; {config.task} is one graph (node task)"
             )
-        result = train(task, config)
+        result = train(task, config, apply_config_changes=args.apply_config_changes)
     finally:
         if config.distributed:
             distributed.teardown()
     if not main_rank:
         return 0
     out_dir = Path(config.out_dir)
-    append_jsonl(out_dir / "results.jsonl", result)
-    results = [r for r in read_jsonl(out_dir / "results.jsonl") if r["task"] == config.task]
+    recorded = record_result(results_path, result)
+    if result["resumed_from_epoch"] == result["epochs"]:
+        print(_finished_note(run_name(config), result["epochs"], recorded), file=sys.stderr)
+    results = [r for r in read_jsonl(results_path) if r["task"] == config.task]
     table = markdown_table(summarize(results))
-    (out_dir / "summary.md").write_text(table)
+    write_text_atomically(out_dir / "summary.md", table)
     plot_curves(results, task.metric, out_dir / f"curves_{config.task}.png")
     print(
         f"{run_name(config)}: best epoch {result['best_epoch']}, "
         f"test {task.metric} {result[f'test_{task.metric}']:.4f}\n\n{table}"
     )
     return 0
+
+
+def _finished_note(run: str, epochs: int, recorded: bool) -> str:
+    """What ``hgattn train --resume`` says of a run that had already finished."""
+    outcome = (
+        "its result was missing from results.jsonl and is recorded now"
+        if recorded
+        else "its result is already in results.jsonl and is not recorded again"
+    )
+    return f"hgattn train: {run} had already finished its {epochs} epochs, nothing trained; {outcome}"
 
 
 def list_tasks() -> int:

@@ -13,6 +13,7 @@ Conventions (a public contract):
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -79,7 +80,7 @@ class Hierarchy:
     def __init__(self, parent: Tensor, node_slices: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.node_slices: dict[str, tuple[int, int]] = dict(node_slices or {})
         name = _typed_name(self.node_slices) if self.node_slices else _plain_name
-        self.parent = _check_parent(torch.as_tensor(parent), name)
+        self.parent = _check_parent(_node_ids(parent, "parent"), name)
         self._build(name)
 
     # ------------------------------------------------------------------ constructors
@@ -90,13 +91,19 @@ class Hierarchy:
 
     @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_nodes: int | None = None) -> "Hierarchy":
-        """Build from tree edges ``[2, E]`` pointing from child (row 0) to parent (row 1)."""
-        edge_index = torch.as_tensor(edge_index)
+        """Build from tree edges ``[2, E]`` pointing from child (row 0) to parent (row 1).
+
+        Without ``num_nodes`` the edges must name every node ``0 .. max id`` (pass ``num_nodes`` for nodes
+        without an edge, which become one-node trees).
+        """
+        edge_index = _node_ids(edge_index, "edge_index")
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
         if num_nodes is None:
-            num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
-        return cls(_parent_from_edges(edge_index.long(), num_nodes, _plain_name))
+            num_nodes = _num_nodes_named(edge_index)
+        elif isinstance(num_nodes, bool) or not isinstance(num_nodes, numbers.Integral) or num_nodes < 0:
+            raise ValueError(f"from_edge_index: num_nodes must be a non-negative int, got {num_nodes!r}")
+        return cls(_parent_from_edges(edge_index, int(num_nodes), _plain_name))
 
     @classmethod
     def from_nested(cls, nested: Any, forest: bool = False) -> "Hierarchy":
@@ -106,19 +113,31 @@ class Hierarchy:
         ``Hierarchy.from_nested([["a", "b"], "c"])`` has root 0, inner node 1, leaves a=2, b=3, c=4.
         With ``forest=True`` the outer list holds one tree per element.
         """
+        if forest and not isinstance(nested, (list, tuple)):
+            raise ValueError(f"from_nested: forest=True needs a list of trees, got {type(nested).__name__}")
         trees = list(nested) if forest else [nested]
         if not trees:
             raise ValueError("from_nested: empty input, no tree")
         parent: list[int] = []
+        on_path: set[int] = set()   # ids of the lists between the root and the item being visited
         stack: list[tuple[Any, int]] = [(tree, -1) for tree in reversed(trees)]
         while stack:
             item, up = stack.pop()
+            if item is _END_OF_LIST:
+                on_path.discard(up)
+                continue
             parent.append(up)
             if isinstance(item, (list, tuple)):
+                node = len(parent) - 1
                 if not item:
-                    raise ValueError(f"from_nested: node {len(parent) - 1} is an empty list (an inner node "
-                                     "without children); put at least one leaf in it")
-                stack.extend((child, len(parent) - 1) for child in reversed(item))
+                    raise ValueError(f"from_nested: node {node} is an empty list (an inner node without "
+                                     "children); put at least one leaf in it")
+                if id(item) in on_path:
+                    raise ValueError(f"from_nested: node {node} is a list that contains itself (directly or "
+                                     "through nested lists), so the input is not a tree")
+                on_path.add(id(item))
+                stack.append((_END_OF_LIST, id(item)))
+                stack.extend((child, node) for child in reversed(item))
         return cls(torch.tensor(parent))
 
     @classmethod
@@ -156,8 +175,7 @@ class Hierarchy:
         over what remains; an int repeats until one node is left. The last window of a level may be partial.
         Leaves are nodes ``0 .. num_leaves - 1`` in sequence order.
         """
-        if num_leaves < 1:
-            raise ValueError(f"from_windows: num_leaves must be >= 1, got {num_leaves}")
+        _check_count(num_leaves, "from_windows: num_leaves")
         widths = [branching] if isinstance(branching, int) else list(branching)
         if not widths or min(widths) < 2:
             raise ValueError(f"from_windows: branching factors must be >= 2, got {branching}")
@@ -179,10 +197,13 @@ class Hierarchy:
         (inclusive); a node skips a level with probability ``skip``, so leaves end up at mixed depths and
         unary chains appear when a window holds one node. Vectorised: one step per level.
         """
+        _check_count(num_leaves, "random: num_leaves")
         low, high = branching
-        if num_leaves < 1 or not 1 <= low <= high or high < 2:
-            raise ValueError(f"random: need num_leaves >= 1 and 1 <= low <= high, high >= 2; got "
-                             f"{num_leaves}, {branching}")
+        if not 1 <= low <= high or high < 2:
+            raise ValueError(f"random: need 1 <= low <= high and high >= 2 for branching=(low, high), got "
+                             f"{branching}")
+        if not 0.0 <= skip < 1.0:
+            raise ValueError(f"random: skip must be in [0, 1) (with 1 no node is ever grouped), got {skip}")
         children, parents, level, total = [], [], torch.arange(num_leaves), num_leaves
         while level.numel() > 1:
             skips = torch.rand(level.numel(), generator=generator) < skip
@@ -240,7 +261,7 @@ class Hierarchy:
                     raise ValueError(f"from_hetero: edge type {et} names unknown node type {nt!r}")
             if et not in data.edge_types:
                 raise ValueError(f"from_hetero: edge type {et} is not in the data")
-            ei = data[et].edge_index
+            ei = _edge_rows(data[et], et)
             _check_edge_rows(ei, et, data[src].num_nodes, data[dst].num_nodes)
             parts.append(torch.stack([ei[0] + slices[src][0], ei[1] + slices[dst][0]]))
         edge_index = torch.cat(parts, dim=1).cpu()
@@ -287,29 +308,30 @@ class Hierarchy:
 
     def _build_levels(self) -> None:
         """Level order: nodes by depth, then by their parent's position, then by id (families contiguous)."""
-        parent, depth = self.parent, self.depth
+        parent, depth, device = self.parent, self.depth, self.parent.device
         num_levels = int(depth.max()) + 1
-        by_depth = torch.argsort(depth, stable=True)
+        by_depth = torch.argsort(depth, stable=True)   # by depth, then by id
         level_sizes = torch.bincount(depth, minlength=num_levels).tolist()
+        parents_at = torch.bincount(depth[~self.is_leaf], minlength=num_levels).tolist()
         slot = torch.empty_like(parent)
         levels, start = [], 0
-        for size in level_sizes:
+        for level, size in enumerate(level_sizes):
             nodes = by_depth[start:start + size]
-            if start > 0:
+            if level > 0 and parents_at[level - 1] > 1:   # several families: order by their parents' slots
+                slot[levels[-1]] = torch.arange(start - levels[-1].numel(), start, device=device)
                 nodes = nodes[torch.argsort(slot[parent[nodes]], stable=True)]
-            slot[nodes] = torch.arange(start, start + size, device=parent.device)
             levels.append(nodes)
             start += size
         self.num_levels = num_levels
         self.level_ptr = [0] + torch.tensor(level_sizes).cumsum(0).tolist()
         self.level_node = torch.cat(levels)
+        slot[self.level_node] = torch.arange(parent.numel(), device=device)
         self.node_slot = slot
         self.inner_index = torch.full_like(parent, -1)
         self.inner_slot = (~self.is_leaf[self.level_node]).nonzero().view(-1)
         self.num_inner = self.inner_slot.numel()
         self.inner_index[self.level_node[self.inner_slot]] = torch.arange(self.num_inner, device=parent.device)
-        self.leaf_count = self._count_leaves()
-        self.height = self._heights()
+        self.leaf_count, self.height = self._count_leaves_and_heights()
 
     def _build_leaf_maps(self) -> None:
         """Leaf -> parent's inner row (``num_inner`` for a root leaf) and the leaf order of level-ordered rows."""
@@ -321,19 +343,19 @@ class Hierarchy:
         identity = bool((level_rows == torch.arange(self.num_leaves, device=self.device)).all())
         self.leaf_gather = None if identity else torch.argsort(level_rows)
 
-    def _count_leaves(self) -> Tensor:
-        counts = self.is_leaf.long()
-        for level in range(self.num_levels - 1, 0, -1):
-            nodes = self.level_nodes(level)
-            counts = counts.index_add(0, self.parent[nodes], counts[nodes])
-        return counts
-
-    def _heights(self) -> Tensor:
-        height = torch.zeros_like(self.parent)
-        for level in range(self.num_levels - 1, 0, -1):
-            nodes = self.level_nodes(level)
-            height = height.scatter_reduce(0, self.parent[nodes], height[nodes] + 1, "amax")
-        return height
+    def _count_leaves_and_heights(self) -> tuple[Tensor, Tensor]:
+        """Leaves below and height of every node by doubling: after the round of step ``s`` every node holds
+        the leaves and the depth reached within ``2s - 1`` levels below it, gathered from the nodes ``s``
+        levels down (one scatter each), so ``ceil(log2(num_levels))`` rounds do, whatever the depth."""
+        counts, height = self.is_leaf.long(), torch.zeros_like(self.parent)
+        anc, step = self.parent, 1                         # anc: the ancestor `step` levels up, or -1
+        while step < self.num_levels:
+            has = anc >= 0
+            up = anc.clamp(min=0)
+            counts.index_add_(0, up, torch.where(has, counts, 0))
+            height.scatter_reduce_(0, up, torch.where(has, height + step, 0), "amax")
+            anc, step = torch.where(has, anc[up], -1), 2 * step
+        return counts, height
 
     def level_nodes(self, level: int) -> Tensor:
         """Node ids at depth ``level``, in level order (grouped by parent)."""
@@ -416,6 +438,8 @@ class Hierarchy:
 
     def node_features(self, x_dict: Mapping[str, Tensor], fill: float = 0.0) -> Tensor:
         """Concatenate per-node-type tensors (e.g. positions) into ``[T, ...]``; missing types get ``fill``."""
+        if not x_dict:
+            raise ValueError("node_features: the dict is empty; give a tensor for at least one node type")
         ref = next(iter(x_dict.values()))
         out = ref.new_full((self.num_nodes,) + tuple(ref.shape[1:]), fill)
         for nt, x in x_dict.items():
@@ -433,6 +457,75 @@ class Hierarchy:
 
 
 # ---------------------------------------------------------------------- validation
+#: Integer dtypes accepted for node ids (bool, floating and complex ids are refused, never cast).
+_ID_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+#: Marks, on the stack of :meth:`Hierarchy.from_nested`, the end of a list's children.
+_END_OF_LIST = object()
+
+
+def _node_ids(ids: Any, what: str) -> Tensor:
+    """``ids`` (a tensor, array or nested lists of ints) as int64; raises naming a non-integer entry."""
+    if not isinstance(ids, Tensor):
+        if isinstance(ids, (str, bytes)):
+            raise ValueError(f"{what} must hold integer node ids, got the string {ids!r}")
+        try:
+            ids = torch.as_tensor(ids)
+        except (TypeError, ValueError, RuntimeError) as error:
+            problem = _first_non_integer(ids) or "the nested lists have different lengths"
+            raise ValueError(f"{what} must hold integer node ids; {problem}") from error
+    if ids.dtype not in _ID_DTYPES and ids.numel():
+        raise ValueError(f"{what} must hold integer node ids, got dtype {ids.dtype}" + (
+            " (convert whole-number ids with .long())" if ids.is_floating_point() else ""))
+    return ids.long()
+
+
+def _first_non_integer(values: Any, path: tuple[int, ...] = ()) -> str | None:
+    """Where nested sequences hold something else than an int, e.g. ``"entry 1 is None"``; else None."""
+    if isinstance(values, numbers.Integral):
+        return None
+    if isinstance(values, Sequence) and not isinstance(values, (str, bytes)):
+        found = (_first_non_integer(item, path + (i,)) for i, item in enumerate(values))
+        return next(filter(None, found), None)
+    if not path:
+        return f"got {values!r}"
+    where = f"entry {path[0]}" if len(path) == 1 else "entry " + "".join(f"[{i}]" for i in path)
+    return f"{where} is {values!r}"
+
+
+def _num_nodes_named(edge_index: Tensor) -> int:
+    """The node count ``max id + 1`` of edges that must name every node ``0 .. max id`` (ids stay compact)."""
+    if edge_index.numel() == 0:
+        return 0
+    low, high = int(edge_index.min()), int(edge_index.max())
+    if low < 0:
+        raise ValueError(f"edge_index holds the negative node id {low}; ids must be 0 .. num_nodes - 1")
+    distinct = torch.unique(edge_index).numel()
+    if high >= distinct:
+        raise ValueError(f"from_edge_index: the largest id is {high} but the {edge_index.size(1)} edges name "
+                         f"only {distinct} distinct nodes; node ids must be 0 .. num_nodes - 1 (pass "
+                         "num_nodes when some nodes have no edge)")
+    return high + 1
+
+
+def _check_count(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{what} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1, got {value}")
+
+
+def _edge_rows(store: Any, edge_type: tuple) -> Tensor:
+    """The ``[2, E]`` integer ``edge_index`` of a tree edge type of a ``HeteroData``."""
+    edge_index = getattr(store, "edge_index", None)
+    if edge_index is None:
+        raise ValueError(f"from_hetero: edge type {edge_type} has no edge_index")
+    edge_index = _node_ids(edge_index, f"from_hetero: edge type {edge_type}: edge_index")
+    if edge_index.dim() != 2 or edge_index.size(0) != 2:
+        raise ValueError(f"from_hetero: edge type {edge_type}: edge_index must have shape [2, E], got "
+                         f"{list(edge_index.shape)}")
+    return edge_index
+
+
 def _plain_name(node: int) -> str:
     return f"node {node}"
 
@@ -451,9 +544,6 @@ def _check_parent(parent: Tensor, name) -> Tensor:
         raise ValueError(f"parent must be a 1-D tensor, got shape {list(parent.shape)}")
     if parent.numel() == 0:
         raise ValueError("empty hierarchy: parent has no nodes")
-    if parent.is_floating_point() or parent.dtype == torch.bool:
-        raise ValueError(f"parent must hold integer node ids, got dtype {parent.dtype}")
-    parent = parent.long()
     num_nodes = parent.numel()
     bad = ((parent < -1) | (parent >= num_nodes)).nonzero().view(-1)
     if bad.numel():
@@ -518,31 +608,32 @@ def _check_leaf_types(parent: Tensor, slices: Mapping[str, tuple[int, int]], par
 
 
 def _depth_and_root(parent: Tensor, name) -> tuple[Tensor, Tensor]:
-    """Depth and root of every node by pointer jumping (log2(T) rounds); raises on a cycle."""
+    """Depth and root of every node by pointer jumping: ``log2(T)`` vectorised rounds, each doubling how far
+    up every node points (roots point to themselves). Nodes short of a root after them are on or below a
+    cycle."""
     num_nodes = parent.numel()
-    anc = parent.clone()
-    depth = (parent >= 0).long()
-    root = torch.where(parent >= 0, parent, torch.arange(num_nodes, device=parent.device))
+    is_root = parent < 0
+    anc = torch.where(is_root, torch.arange(num_nodes, device=parent.device), parent)
+    depth = (~is_root).long()                     # distance from each node to anc
     for _ in range(max(1, math.ceil(math.log2(num_nodes))) + 1):
-        active = anc >= 0
-        if not bool(active.any()):
-            return depth, root
-        up = anc[active]
-        depth = depth.clone()
-        depth[active] += depth[up]
-        root = root.clone()
-        root[active] = root[up]
-        anc = anc.clone()
-        anc[active] = anc[up]
-    node = int((anc >= 0).nonzero()[0])
-    path = [node]
-    for _ in range(num_nodes + 1):
-        node = int(parent[node])
-        if node in path:
-            cycle = path[path.index(node):] + [node]
-            raise ValueError("cycle in the hierarchy: " + " -> ".join(name(v) for v in cycle[:12]))
-        path.append(node)
-    raise AssertionError("unreachable")
+        if bool(is_root[anc].all()):
+            return depth, anc
+        depth = depth + depth[anc]
+        anc = anc[anc]
+    # more than T steps up from a node that never reached a root: a node on its cycle
+    raise ValueError(_cycle_message(parent, int(anc[(~is_root[anc]).nonzero()[0, 0]]), name))
+
+
+def _cycle_message(parent: Tensor, on_cycle: int, name, shown: int = 12) -> str:
+    """The cycle through node ``on_cycle``, from its smallest node id, in one walk around it."""
+    parents, cycle = parent.tolist(), [on_cycle]
+    while parents[cycle[-1]] != on_cycle:
+        cycle.append(parents[cycle[-1]])
+    first = cycle.index(min(cycle))
+    cycle = cycle[first:] + cycle[:first]
+    path = " -> ".join(name(v) for v in cycle[:shown])
+    more = f" -> ... ({len(cycle)} nodes)" if len(cycle) > shown else ""
+    return f"cycle in the hierarchy: {path}{more} -> {name(cycle[0])}"
 
 
 def _root_list(root: Any, index: Mapping[Any, int]) -> list:
@@ -591,25 +682,40 @@ def _networkx_fault(graph: Any) -> str:
 
 
 def _levels(h: Hierarchy) -> list[Level]:
-    levels, inner_start = [], 0
-    empty = torch.zeros(0, dtype=torch.long, device=h.device)
-    for depth in range(h.num_levels):
-        start, stop = h.level_ptr[depth], h.level_ptr[depth + 1]
-        nodes = h.level_node[start:stop]
-        leaf_mask = h.is_leaf[nodes]
-        leaf_local = leaf_mask.nonzero().view(-1)
-        inner_nodes = nodes[~leaf_mask]
-        if depth == 0:
-            parent_local, weight, inner_parent_local = empty, empty.double(), empty
-        else:
-            up = h.parent[nodes]
-            parent_local = h.node_slot[up] - h.level_ptr[depth - 1]
-            weight = h.leaf_count[nodes].double() / h.leaf_count[up].double()
-            inner_parent_local = h.inner_index[h.parent[inner_nodes]] - levels[-1].inner_start
-        levels.append(Level(start, stop, parent_local, weight, leaf_local, h.node_leaf[nodes[leaf_local]],
-                            leaf_mask, inner_start, inner_start + inner_nodes.numel(), inner_parent_local))
-        inner_start += inner_nodes.numel()
-    return levels
+    """The per-depth index tensors of :class:`Level`, computed for all levels at once and split by level."""
+    nodes, device = h.level_node, h.device
+    sizes = [stop - start for start, stop in zip(h.level_ptr, h.level_ptr[1:])]
+    slot_depth = h.depth[nodes]
+    level_start = torch.tensor(h.level_ptr[:-1], device=device)
+    leaf_mask = h.is_leaf[nodes]
+    leaf_slot = leaf_mask.nonzero().view(-1)
+    leaf_sizes = torch.bincount(slot_depth[leaf_slot], minlength=h.num_levels).tolist()
+    inner_sizes = [size - leaves for size, leaves in zip(sizes, leaf_sizes)]
+    inner_ptr = [0] + torch.tensor(inner_sizes).cumsum(0).tolist()
+
+    below = nodes[sizes[0]:]                                  # every node but the roots, in level order
+    up = h.parent[below]
+    up_slot = h.node_slot[up]
+    parent_local = up_slot - level_start[slot_depth[up_slot]]
+    weight = h.leaf_count[below].double() / h.leaf_count[up].double()
+    inner_up = h.parent[nodes[h.inner_slot[inner_sizes[0]:]]]
+    inner_start = torch.tensor(inner_ptr[:-1], device=device)
+    inner_parent_local = h.inner_index[inner_up] - inner_start[h.depth[inner_up]]
+
+    leaf_local = leaf_slot - level_start[slot_depth[leaf_slot]]
+    leaf_row = h.node_leaf[nodes[leaf_slot]]
+
+    empty = torch.zeros(0, dtype=torch.long, device=device)   # depth 0 has no parents
+    by_level = zip(h.level_ptr, h.level_ptr[1:], [empty] + _split(parent_local, sizes[1:]),
+                   [empty.double()] + _split(weight, sizes[1:]), _split(leaf_local, leaf_sizes),
+                   _split(leaf_row, leaf_sizes), _split(leaf_mask, sizes), inner_ptr, inner_ptr[1:],
+                   [empty] + _split(inner_parent_local, inner_sizes[1:]))
+    return [Level(*fields) for fields in by_level]
+
+
+def _split(x: Tensor, sizes: list[int]) -> list[Tensor]:
+    """``x`` cut into consecutive pieces of ``sizes`` (views); ``[]`` for no sizes."""
+    return list(x.split(sizes)) if sizes else []
 
 
 # ---------------------------------------------------------------------- sibling structure

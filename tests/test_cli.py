@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hgattn import cli
+from hgattn.train.checkpoint import load_checkpoint
 from hgattn.train.results import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +61,14 @@ def test_bad_values_give_a_clear_error(capsys) -> None:
     assert "unknown task 'mnist'" in capsys.readouterr().err
     assert cli.main(["train", "--epochs", "0"]) == 2
     assert "epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_train_help_documents_resume_and_config_rules(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "an error when there is no checkpoint" in text and "--apply-config-changes" in text
+    assert "booleans only from YAML integers and booleans" in text or "not quoted strings" in text
 
 
 def test_train_list(capsys) -> None:
@@ -136,10 +145,29 @@ def test_train_cora_then_resume(tmp_path, capsys) -> None:
     assert cli.main([*common, "--epochs", "2"]) == 0
     assert cli.main([*common, "--epochs", "3", "--resume"]) == 0
     results = read_jsonl(tmp_path / "runs" / "results.jsonl")
-    assert [r["epochs"] for r in results] == [2, 3]
+    assert [(r["epochs"], r["resumed_from_epoch"]) for r in results] == [(2, 0), (3, 2)]
     assert results[1]["history"][:2] == results[0]["history"]
     assert (tmp_path / "runs" / "curves_cora.png").is_file()
     assert "| cora | gcn | 2 |" in capsys.readouterr().out
+
+    assert cli.main([*common, "--epochs", "3", "--resume"]) == 0  # finished: reported, not recorded again
+    assert "had already finished its 3 epochs, nothing trained" in capsys.readouterr().err
+    assert len(read_jsonl(tmp_path / "runs" / "results.jsonl")) == 2
+
+    checkpoint = tmp_path / "runs" / "cora-gcn-seed0" / "checkpoint.pt"
+    saved = checkpoint.read_bytes()
+    assert cli.main([*common, "--epochs", "4", "--resume", "--lr", "0.05"]) == 2
+    error = capsys.readouterr().err
+    assert f"{checkpoint} differs from this run's config: lr=0.05 (checkpoint: 0.001)" in error
+    assert "--apply-config-changes" in error and checkpoint.read_bytes() == saved
+    assert cli.main([*common, "--epochs", "4", "--resume", "--hidden", "32", "--apply-config-changes"]) == 2
+    assert "hidden=32 (checkpoint: 16)" in capsys.readouterr().err and checkpoint.read_bytes() == saved
+
+    assert cli.main([*common, "--epochs", "4", "--resume", "--lr", "0.05", "--apply-config-changes"]) == 0
+    last = read_jsonl(tmp_path / "runs" / "results.jsonl")[-1]
+    state = load_checkpoint(checkpoint)
+    assert last["config"]["lr"] == state["optimizer"]["param_groups"][0]["lr"] == 0.05
+    assert last["config_changes"] == [{"epoch": 4, "changes": {"lr": [0.001, 0.05]}}]
 
 
 def test_demo_with_an_empty_split_fails_clearly(tmp_path, capsys) -> None:
@@ -173,14 +201,19 @@ def test_python_dash_m(tmp_path) -> None:
     assert "citeseer" in done.stdout
 
 
-def test_train_ogbn_arxiv_on_a_real_format_fixture(tmp_path, capsys) -> None:
+def test_train_ogbn_arxiv_on_a_real_format_fixture(tmp_path, capsys, monkeypatch) -> None:
     """``--task ogbn-arxiv`` loads OGB's on-disk format (a 60-node fixture written by the test, not the real
-    graph), trains on OGB's split and scores with OGB's Evaluator."""
+    graph, its counts recorded in place of the published ones), trains on OGB's split and scores with OGB's
+    Evaluator."""
     pytest.importorskip("ogb")
     pytest.importorskip("pymetis")
     from test_datasets import _write_ogbn_fixture
 
-    _write_ogbn_fixture(tmp_path / "source", "ogbn-arxiv", "time", node_year=True)
+    from hgattn.datasets.manifest import RECORDS, DatasetRecord
+
+    fixture = _write_ogbn_fixture(tmp_path / "source", "ogbn-arxiv", "time", node_year=True)
+    counts = {"nodes": 60, "edges": fixture["edges"].size(1)}
+    monkeypatch.setitem(RECORDS, "ogbn-arxiv", DatasetRecord("the test's fixture", counts=counts))
     for model in ("gcn", "gps-hsa", "sgformer"):
         assert cli.main(["train", "--task", "ogbn-arxiv", "--model", model, "--epochs", "2", "--hidden", "8",
                          "--heads", "2", "--out-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"),

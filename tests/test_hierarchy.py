@@ -64,6 +64,21 @@ def test_derived_structure_matches_brute_force(seed: int) -> None:
     assert int(ptr[-1]) == len(expected["pairs"])
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_derived_structure_of_deep_trees_matches_brute_force(seed: int) -> None:
+    """Long unary chains and deep families: depth, height and leaf counts come from pointer jumping and
+    doubling, ``log2(depth)`` rounds, so deep trees are the ones to check them on."""
+    rng = random.Random(100 + seed)
+    parent = random_forest(rng, [rng.randint(20, 40), 1, rng.randint(2, 5)], chain_prob=0.85)
+    h = Hierarchy.from_parent(parent)
+    expected = brute_structure(parent)
+    assert h.num_levels > 40
+    assert h.depth.tolist() == expected["depth"]
+    assert h.height.tolist() == expected["height"]
+    assert h.leaf_count.tolist() == expected["leaf_count"]
+    assert h.root.tolist() == expected["root"]
+
+
 def test_from_nested_numbers_nodes_in_reading_order() -> None:
     h = Hierarchy.from_nested([["a", "b"], "c", [["d"], "e"]])
     assert h.parent.tolist() == [-1, 0, 1, 1, 0, 0, 5, 6, 5]

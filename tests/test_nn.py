@@ -360,3 +360,32 @@ def test_error_wrong_input_kind() -> None:
         HSAConv(-1, 4)(data.x_dict, h)
     with pytest.raises(ValueError, match="node types .* do not match"):
         HSAConv(-1, 4, METADATA)(data.x_dict, Hierarchy.from_parent(h.parent))
+
+
+@pytest.mark.parametrize("num_leaves", [12, 150])
+def test_autocast_runs_forward_and_backward(num_leaves: int) -> None:
+    """Under ``torch.autocast`` the operator still computes in float32 (small trees take the dense kernel,
+    large ones the DP), where autocast used to cast its matrix products down and mix dtypes."""
+    torch.manual_seed(0)
+    h = random_hierarchy(3, num_leaves)
+    conv = HSAConv(8, 4, heads=2, include_self=True, pos_channels=2)
+    x = torch.randn(h.num_leaves, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x, h, torch.randn(h.num_nodes, 2))
+    out.float().square().sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    assert all(param.grad is not None for param in conv.parameters())
+
+
+def test_nan_features_are_named_on_the_message_path() -> None:
+    data = make_doc(14)
+    h = Hierarchy.from_hetero(data)
+    conv = HSAConv(-1, 4, METADATA, dropout=0.5).train()
+    x_dict = dict(data.x_dict)
+    x_dict["token"] = x_dict["token"].clone()
+    x_dict["token"][-1, 2] = float("inf")
+    row = x_dict["token"].size(0) - 1
+    with pytest.raises(ValueError, match=rf"x_dict\['token'\] \(features of node type 'token'\) contains NaN or "
+                                         rf"infinite values \(first at row {row}\)"):
+        conv(x_dict, h)
+

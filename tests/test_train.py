@@ -15,12 +15,15 @@ from torch_geometric.data import HeteroData
 import hgattn
 from hgattn import Hierarchy
 from hgattn.train import TrainConfig, load_yaml_config, train
-from hgattn.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hgattn.train.checkpoint import MAGIC, CheckpointError, load_checkpoint, rng_state, save_checkpoint
+from hgattn.train.checkpoint import set_rng_state, write_atomically
+from hgattn.train.config import validate_option
+from hgattn.nn import HSAConv
 from hgattn.train.flat import FlatSoftmaxConv, flat_softmax_attention
 from hgattn.train.loop import CHECKPOINT_NAME, run_name
 from hgattn.train.metrics import accuracy, macro_f1, mean_confidence_interval
 from hgattn.train.models import DeepSetBlock, TreeClassifier
-from hgattn.train.results import markdown_table, summarize
+from hgattn.train.results import append_jsonl, markdown_table, read_jsonl, record_result, same_run, summarize
 from hgattn.train.tasks import Task, classification_metrics, load_task
 from hgattn.transforms import FlattenHierarchy
 from hgattn.transforms.multimodal import compose_key_value
@@ -81,8 +84,9 @@ def test_summary_table() -> None:
     assert [(r["model"], r["seeds"]) for r in rows] == [("hsa", 2), ("fsa", 1)]
     assert rows[0]["test_accuracy"][0] == pytest.approx(0.85)
     assert rows[0]["peak_mib"] == pytest.approx(11)
+    assert rows[0]["test_accuracy"][2] == pytest.approx(0.0707107, rel=1e-5)
     table = markdown_table(rows)
-    assert "| t | hsa | 2 | 3 | 0.8500 ± " in table and "| t | fsa | 1 | 3 | 0.7000 | 2.00 | 10 |" in table
+    assert "| t | hsa | 2 | 3 | 0.8500 ± 0.6353 (std 0.0707) |" in table and "| t | fsa | 1 | 3 | 0.7000 | 2.00 | 10 |" in table
 
 
 # ---------------------------------------------------------------- checkpoints and configs
@@ -108,11 +112,97 @@ def test_checkpoint_write_failure_keeps_previous(tmp_path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
+@pytest.mark.parametrize("position", [0, 10, 40, 100, 0.25, 0.5, 0.75, -64])
+def test_checkpoint_with_flipped_bytes_is_refused_naming_it(tmp_path, position) -> None:
+    """torch.load does not check the zip CRCs: the SHA-256 header catches every flip, header included."""
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"weights": torch.randn(64, 64), "epoch": 3})
+    data = bytearray(path.read_bytes())
+    start = int(len(data) * position) if isinstance(position, float) else position % len(data)
+    data[start : start + 64] = bytes(byte ^ 0xFF for byte in data[start : start + 64])
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} "):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "header only", "plain torch.save", "text"])
+def test_truncated_or_foreign_checkpoint_is_refused_naming_it(tmp_path, damage: str) -> None:
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"weights": torch.randn(32, 32)})
+    data = path.read_bytes()
+    if damage == "plain torch.save":
+        torch.save({"weights": torch.randn(32, 32)}, path)
+    else:
+        cut = {"truncated": len(data) // 2, "empty": 0, "header only": len(MAGIC) + 65}.get(damage)
+        path.write_bytes(data[:cut] if cut is not None else b"epoch: 3\n")
+    with pytest.raises(CheckpointError, match=f"checkpoint {path} (is damaged|has no valid hgattn checksum)"):
+        load_checkpoint(path)
+
+
+def test_atomic_write_replaces_whole_and_clears_stale_temporaries(tmp_path) -> None:
+    path = tmp_path / "results.jsonl"
+    stale = tmp_path / ".results.jsonl.abc123.tmp"  # what a SIGKILL before the rename leaves
+    stale.write_bytes(b"half a rec")
+    write_atomically(path, b"one\n")
+    write_atomically(path, b"two\n")
+    assert path.read_bytes() == b"two\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.jsonl"]
+
+
+def test_results_file_records_each_run_once(tmp_path) -> None:
+    path = tmp_path / "out" / "results.jsonl"
+    run = {"task": "t", "model": "m", "seed": 0, "history": [{"epoch": 1, "loss": float("nan")}]}
+    assert record_result(path, run) and not record_result(path, dict(run))
+    longer = {**run, "history": [*run["history"], {"epoch": 2, "loss": 0.5}]}
+    assert record_result(path, longer)
+    append_jsonl(path, run)  # appending does not deduplicate
+    assert [len(r["history"]) for r in read_jsonl(path)] == [1, 2, 1]
+    assert same_run(run, read_jsonl(path)[0]) and not same_run(run, {**run, "seed": 1})
+
+
+def _append_records(path: str, tag: int) -> None:
+    for i in range(15):
+        append_jsonl(path, {"writer": tag, "i": i, "padding": "x" * 5000})
+
+
+def test_concurrent_writers_lose_no_record(tmp_path) -> None:
+    """Runs that share an out_dir append to one results.jsonl: the folder lock keeps every record."""
+    import multiprocessing
+
+    path = tmp_path / "results.jsonl"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_append_records, args=(str(path), tag)) for tag in range(3)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert [writer.exitcode for writer in writers] == [0, 0, 0]
+    records = read_jsonl(path)
+    assert sorted((r["writer"], r["i"]) for r in records) == [(t, i) for t in range(3) for i in range(15)]
+
+
+def test_read_jsonl_names_the_bad_line(tmp_path) -> None:
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2, "b\n')
+    with pytest.raises(ValueError, match=f"{path}:3: not a JSON record"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=f"{path}:2: a result record must be a JSON object"):
+        read_jsonl(path)
+    with pytest.raises(FileNotFoundError, match="no results file"):
+        read_jsonl(tmp_path / "none.jsonl")
+
+
 def test_yaml_config(tmp_path) -> None:
     pytest.importorskip("yaml")
     path = tmp_path / "run.yaml"
     path.write_text("task: cora\nmodel: gps-hsa\nbatch-size: 8\nlr: 0.01\n")
     assert load_yaml_config(path) == {"task": "cora", "model": "gps-hsa", "batch_size": 8, "lr": 0.01}
+    path.write_text("lr: 1e-3\nweight_decay: 5E-4\ndropout: .5e-1\nseed: 1_000\nresume: true\nsource: null\n")
+    assert load_yaml_config(path) == {
+        "lr": 0.001, "weight_decay": 0.0005, "dropout": 0.05, "seed": 1000, "resume": True, "source": None
+    }
+    path.write_text("weight_decay: 0\n")  # an integer for a number is that number, as a float
+    assert repr(load_yaml_config(path)["weight_decay"]) == "0.0"
     path.write_text("task: cora\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match="unknown option"):
         load_yaml_config(path)
@@ -122,11 +212,47 @@ def test_yaml_config(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"epochs": 0}, {"lr": 0.0}, {"dropout": 1.0}, {"hidden": 30, "heads": 4}, {"max_graphs": 0}]
+    "bad, message",
+    [
+        ({"epochs": 0}, "epochs must be >= 1, got 0"),
+        ({"lr": 0.0}, "lr must be > 0, got 0.0"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+        ({"hidden": 30, "heads": 4}, r"hidden \(30\) must be divisible by heads \(4\)"),
+        ({"max_graphs": 0}, "max_graphs must be >= 1, got 0"),
+        ({"epochs": True}, r"epochs must be an integer, got True \(bool\)"),
+        ({"epochs": 2.0}, r"epochs must be an integer, got 2.0 \(float\)"),
+        ({"hidden": "64"}, r"hidden must be an integer, got '64' \(str\); a quoted YAML value"),
+        ({"lr": "1e-3"}, r"lr must be a number, got '1e-3' \(str\)"),
+        ({"lr": float("inf")}, "lr must be a finite number, got inf"),
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number, got nan"),
+        ({"resume": "false"}, r"resume must be true or false, got 'false' \(str\)"),
+        ({"progress": 0}, r"progress must be true or false, got 0 \(int\)"),
+        ({"max_graphs": 2.5}, r"max_graphs must be an integer or null, got 2.5"),
+        ({"task": None}, r"task must be a non-empty string, got None"),
+        ({"source": ""}, r"source must be a non-empty string or null, got ''"),
+        ({"device": "tpu"}, "device must be cpu, cuda, cuda:<index> or mps, got 'tpu'"),
+    ],
 )
-def test_config_validation(bad) -> None:
-    with pytest.raises(ValueError):
+def test_config_validation(bad, message) -> None:
+    with pytest.raises(ValueError, match=message):
         TrainConfig(**bad)
+    with pytest.raises(ValueError, match=message):  # also through dataclasses.replace
+        replace(TrainConfig(), **bad)
+
+
+def test_config_schema_covers_every_field() -> None:
+    config = TrainConfig(lr=1, weight_decay=0, max_graphs=None)
+    assert isinstance(config.lr, float) and isinstance(config.weight_decay, float)
+    for name in TrainConfig.field_names():
+        assert validate_option(name, getattr(TrainConfig(), name)) == getattr(TrainConfig(), name)
+    with pytest.raises(ValueError, match="unknown option 'learning_rate'"):
+        validate_option("learning_rate", 0.1)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is missing")
+def test_cuda_device_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="device is 'cuda:1' but CUDA is not available.*use --device cpu"):
+        TrainConfig(device="cuda:1")
 
 
 def test_unknown_task_and_model() -> None:
@@ -335,6 +461,47 @@ def test_resume_equals_uninterrupted_run(tmp_path, model: str) -> None:
         torch.testing.assert_close(states[1]["model"][key], value, rtol=0, atol=0)
 
 
+def _toy_config(tmp_path, **changes) -> TrainConfig:
+    base = TrainConfig(task="toy", model="hsa", epochs=2, hidden=8, heads=2, batch_size=4, lr=1e-2,
+                       out_dir=str(tmp_path), progress=False)
+    return replace(base, **changes)
+
+
+def test_resuming_a_finished_run_trains_nothing(tmp_path) -> None:
+    task = _toy_task("hsa")
+    first = train(task, _toy_config(tmp_path))
+    path = tmp_path / run_name(_toy_config(tmp_path)) / CHECKPOINT_NAME
+    saved = path.read_bytes()
+    again = train(task, _toy_config(tmp_path, resume=True))
+    assert again["resumed_from_epoch"] == again["epochs"] == 2 and first["resumed_from_epoch"] == 0
+    assert again["history"] == first["history"] and path.read_bytes() == saved
+
+
+def test_resume_refuses_changed_options_unless_applied(tmp_path) -> None:
+    task = _toy_task("hsa")
+    train(task, _toy_config(tmp_path))
+    with pytest.raises(ValueError, match=r"lr=0.5 \(checkpoint: 0.01\), dropout=0.3 \(checkpoint: 0.1\)"):
+        train(task, _toy_config(tmp_path, epochs=3, resume=True, lr=0.5, dropout=0.3))
+    with pytest.raises(ValueError, match=r"hidden=16 \(checkpoint: 8\).*shape the model"):
+        train(task, _toy_config(tmp_path, epochs=3, resume=True, hidden=16), apply_config_changes=True)
+    with pytest.raises(ValueError, match="finished epoch 2, past epochs=1"):
+        train(task, _toy_config(tmp_path, epochs=1, resume=True))
+    with pytest.raises(ValueError, match="finished all 2 epochs.*would apply to no epoch"):
+        train(task, _toy_config(tmp_path, resume=True, lr=0.5), apply_config_changes=True)
+    result = train(task, _toy_config(tmp_path, epochs=3, resume=True, lr=0.5), apply_config_changes=True)
+    state = load_checkpoint(tmp_path / run_name(_toy_config(tmp_path)) / CHECKPOINT_NAME)
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == [0.5] == [state["config"]["lr"]]
+    assert result["config"]["lr"] == 0.5
+    assert result["config_changes"] == state["config_changes"]
+    assert state["config_changes"] == [{"epoch": 3, "changes": {"lr": [0.01, 0.5]}}]
+
+
+def test_resume_without_a_checkpoint_warns_and_starts_at_epoch_one(tmp_path) -> None:
+    with pytest.warns(RuntimeWarning, match="no checkpoint at .*starting toy-hsa-seed0 at epoch 1"):
+        result = train(_toy_task("hsa"), _toy_config(tmp_path, resume=True))
+    assert result["resumed_from_epoch"] == 0 and len(result["history"]) == 2
+
+
 def test_train_result_record(tmp_path) -> None:
     result = train(
         _toy_task("hsa"),
@@ -359,3 +526,19 @@ def test_subsample_splits() -> None:
         assert bool(torch.isin(small[key], split[key]).all()) and bool((small[key].diff() > 0).all())
     assert all(torch.equal(a, b) for a, b in zip(small.values(), subsample_splits(split, 0.25).values()))
     assert all(torch.equal(subsample_splits(split, 2.0)[k], split[k]) for k in split)
+
+
+def test_flat_conv_takes_the_hierarchy_and_flattens_it() -> None:
+    """Given the (two-level) hierarchy HSA would use, FSA attends over all leaves of each tree: the same as
+    with the tree index of each leaf, and as HSAConv (same weights) on the flattened one-level forest."""
+    torch.manual_seed(0)
+    trees = Hierarchy.from_parent(torch.tensor([-1, 0, 0, 1, 1, 1, 2, 2, -1, 8, 8, 9, 10, 10]))
+    flat = _flat_forest([5, 3])
+    x = torch.randn(trees.num_leaves, 6)
+    conv = FlatSoftmaxConv(6, 4, heads=2)
+    hsa_conv = HSAConv(6, 4, heads=2)
+    hsa_conv.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(conv(x, trees), conv(x, trees.batch))
+    torch.testing.assert_close(conv(x, trees), hsa_conv(x, flat))
+    with pytest.raises(ValueError, match="hierarchy has 8 leaves"):
+        conv(torch.randn(7, 6), trees)

@@ -6,6 +6,7 @@ computed with plain autograd ops over the sibling pairs.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from ..walks import node_means
 from . import dp
 from .column_tied import column_tied_hsa
 from .dense import dense_plan, hsa_dense
-from .inputs import prepare_inputs, self_logits
+from .inputs import check_finite, overflow_cause, prepare_inputs, self_logits
 from .plan import family_blocks
 
 __all__ = ["hsa", "hsa_attention", "HSAAttention", "leaf_cover", "build_plans"]
@@ -94,27 +95,37 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
 
     Returns:
         ``[N, H, d]`` (the shape of ``value``), and the :class:`HSAAttention` when requested. Half-precision
-        inputs are computed in float32 and returned in their own dtype.
+        inputs (and inputs under ``torch.autocast``) are computed in float32 and returned in their own dtype.
+
+    Raises:
+        NonFiniteError: (a ``ValueError``) an input holds NaN or infinity, or the result does although the
+            inputs are finite (the node means or the logits overflow; the message says which).
     """
     if causal or tie not in (None, "blocks"):
-        return column_tied_hsa(query, key, value, hierarchy, pos=pos, include_self=include_self, scale=scale,
-                               tie=tie, causal=causal, return_attention=return_attention)
-    q, k, v, pos, one_head, scale = prepare_inputs(query, key, value, hierarchy, pos, scale)
+        out = column_tied_hsa(query, key, value, hierarchy, pos=pos, include_self=include_self, scale=scale,
+                              tie=tie, causal=causal, return_attention=return_attention)
+        check_finite({}, [out], lambda: _overflow_of(query, key, value, hierarchy, pos, scale))
+        return out
+    inputs = {"query": query, "key": key, "value": value, "pos": pos}
+    q, k, v, pos, one_head, scale = prepare_inputs(query, key, value, hierarchy, pos, scale, finite=False)
     out_dtype = value.dtype
     h = hierarchy
 
-    self_logit = self_logits(q, k, pos, h, scale) if include_self else None
-    plan = None if torch.compiler.is_compiling() else dense_plan(h)
-    if plan is None:
-        out = dp.hsa_dp(q, k, v, pos, self_logit, h, scale)
-    else:
-        out = hsa_dense(q, k, v, pos, self_logit, h, plan, scale)
+    with _compute_precision(q):
+        self_logit = self_logits(q, k, pos, h, scale) if include_self else None
+        plan = None if torch.compiler.is_compiling() else dense_plan(h)
+        if plan is None:
+            out = dp.hsa_dp(q, k, v, pos, self_logit, h, scale)
+        else:
+            out = hsa_dense(q, k, v, pos, self_logit, h, plan, scale)
+    check_finite(inputs, [out], lambda: overflow_cause(q, k, v, pos, h, scale))
     out = out.to(out_dtype)
     if one_head:
         out = out.squeeze(1)
     if not return_attention:
         return out
-    return out, _attention(q, k, pos, self_logit, h, scale)
+    with _compute_precision(q):
+        return out, _attention(q, k, pos, self_logit, h, scale)
 
 
 def hsa_attention(query: Tensor, key: Tensor, hierarchy: Hierarchy, *, pos: Tensor | None = None,
@@ -124,9 +135,29 @@ def hsa_attention(query: Tensor, key: Tensor, hierarchy: Hierarchy, *, pos: Tens
 
     Arguments as :func:`hsa`; the same weights as ``hsa(..., return_attention=True)``.
     """
-    q, k, _, pos, _, scale = prepare_inputs(query, key, key, hierarchy, pos, scale)
-    self_logit = self_logits(q, k, pos, hierarchy, scale) if include_self else None
-    return _attention(q, k, pos, self_logit, hierarchy, scale)
+    inputs = {"query": query, "key": key, "pos": pos}
+    q, k, _, pos, _, scale = prepare_inputs(query, key, key, hierarchy, pos, scale, finite=False)
+    with _compute_precision(q):
+        self_logit = self_logits(q, k, pos, hierarchy, scale) if include_self else None
+        attention = _attention(q, k, pos, self_logit, hierarchy, scale)
+    check_finite(inputs, [attention.sibling_weight, attention.self_weight],
+                 lambda: overflow_cause(q, k, k, pos, hierarchy, scale))
+    return attention
+
+
+def _compute_precision(x: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off while the kernels run on inputs already in their compute dtype (autocast would cast their
+    matrix products back down and mix dtypes)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _overflow_of(query: Tensor, key: Tensor, value: Tensor, h: Hierarchy, pos: Tensor | None,
+                 scale: float | None) -> str:
+    """:func:`overflow_cause` of the raw inputs (prepared again: the column-tied kernel prepares its own)."""
+    q, k, v, pos, _, scale = prepare_inputs(query, key, value, h, pos, scale, finite=False)
+    return overflow_cause(q, k, v, pos, h, scale)
 
 
 def _attention(q: Tensor, k: Tensor, pos: Tensor | None, self_logit: Tensor | None, h: Hierarchy,

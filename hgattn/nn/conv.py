@@ -13,10 +13,24 @@ from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.typing import Metadata
 
 from ..attention import hsa, hsa_attention
+from ..attention.inputs import NonFiniteError
 from ..hierarchy import Hierarchy
 from .attention import leaf_sums, push_down, sibling_edge_index
 
-__all__ = ["HSAConv"]
+__all__ = ["HSAConv", "check_input_dtype"]
+
+
+def check_input_dtype(name: str, x: Tensor, weight: Tensor) -> None:
+    """Raise when features ``x`` cannot go through a layer with parameters of ``weight``'s dtype: not floating
+    point, or another float dtype outside ``torch.autocast`` (say both dtypes and how to match them)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {x.dtype}; convert it with .float()")
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(f"{name} is {x.dtype} but the layer's weights are {weight.dtype}: convert the input "
+                         f"(.float() for float32, .to({weight.dtype})) or the layer (layer.double() for "
+                         f"float64, layer.to({x.dtype}))")
 
 
 class HSAConv(MessagePassing):
@@ -193,6 +207,17 @@ class HSAConv(MessagePassing):
             raise ValueError("dict input needs a layer built with metadata, and tensor input one without"
                              if hetero else "this layer was built with metadata: pass a dict of features")
         leaf_x, leaf_type = self._leaf_rows(x, hierarchy) if hetero else self._homogeneous_rows(x, hierarchy)
+        try:
+            return self._attend(leaf_x, leaf_type, hierarchy, pos, hetero, return_attention_weights)
+        except NonFiniteError as error:
+            if error.source == "output":
+                raise
+            raise ValueError(self._non_finite_input(x, pos, str(error))) from error
+
+    def _attend(self, leaf_x: Tensor, leaf_type: Tensor | None, hierarchy: Hierarchy,
+                pos: Tensor | dict[str, Tensor] | None, hetero: bool,
+                return_attention_weights: bool | None) -> Any:
+        """Projection, attention, residuals and skip of the leaf rows ``leaf_x`` (see :meth:`forward`)."""
         query, key, value, skip = self._project(leaf_x, leaf_type)
         pos_emb = self._positions(pos, hierarchy)
 
@@ -247,7 +272,23 @@ class HSAConv(MessagePassing):
         return push_down(inputs, hierarchy) + self_weight.unsqueeze(-1) * value
 
     # ------------------------------------------------------------------ inputs
+    def _non_finite_input(self, x: Tensor | dict[str, Tensor], pos: Tensor | dict[str, Tensor] | None,
+                          error: str) -> str:
+        """Which input of the layer holds the NaN or infinity HSA found (``error``) in its queries, keys,
+        values or positions: a feature or position tensor (by node type), else a parameter."""
+        named = _named_tensors(x, "x", "features") + _named_tensors(pos, "pos", "positions")
+        for name, tensor in named:
+            bad = (~torch.isfinite(tensor)).nonzero()
+            if bad.numel():
+                return f"{name} contains NaN or infinite values (first at row {int(bad[0, 0])})"
+        for name, param in self.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                return (f"the layer's parameter {name} contains NaN or infinite values (a diverged update?); "
+                        f"HSA: {error}")
+        return f"{error}: the layer's projections overflow although its inputs and parameters are finite"
+
     def _homogeneous_rows(self, x: Tensor, hierarchy: Hierarchy) -> tuple[Tensor, Tensor | None]:
+        check_input_dtype("x", x, self.lin.weight)
         if x.dim() != 2 or x.size(0) != hierarchy.num_leaves:
             raise ValueError(f"x must be [N, F] with N={hierarchy.num_leaves} leaves of the hierarchy, "
                              f"got shape {list(x.shape)}")
@@ -260,6 +301,16 @@ class HSAConv(MessagePassing):
         if set(hierarchy.node_slices) != set(self.metadata[0]):
             raise ValueError(f"the hierarchy's node types {sorted(hierarchy.node_slices)} do not match the "
                              f"layer's {sorted(self.metadata[0])}; build it with Hierarchy.from_hetero")
+        for nt in x_dict:
+            if nt not in hierarchy.node_slices:
+                raise ValueError(f"x_dict has features for node type {nt!r}, which is not a node type of the "
+                                 f"hierarchy ({list(hierarchy.node_slices)})")
+            if nt not in self.leaf_types:
+                kind = ("an inner (non-leaf) node type" if nt in self.parent_types else
+                        "a node type without in_channels in this layer")
+                raise ValueError(f"x_dict has features for node type {nt!r}, {kind}; only the leaf types "
+                                 f"{self.leaf_types} take features")
+            check_input_dtype(f"x_dict[{nt!r}] (features of node type {nt!r})", x_dict[nt], self.lin.weight)
         missing = [nt for nt in self.leaf_types if nt not in x_dict and self._num_leaves(hierarchy, nt)]
         if missing:
             raise ValueError(f"x_dict has no features for leaf node type(s) {missing}")
@@ -335,12 +386,17 @@ class HSAConv(MessagePassing):
         if isinstance(pos, dict):
             if self.metadata is None:
                 raise ValueError("pos_dict given to a homogeneous layer: pass pos as a [T, C] tensor")
+            if not pos:
+                raise ValueError("pos_dict is empty: give positions for at least one node type, or "
+                                 "pos_dict=None for no position term")
             for nt, p in pos.items():
+                check_input_dtype(f"pos_dict[{nt!r}] (positions of node type {nt!r})", p, self.lin_pos.weight)
                 if p.dim() != 2 or p.size(1) > self.pos_channels:
                     raise ValueError(f"positions of node type {nt!r} must be [n, C] with C <= pos_channels="
                                      f"{self.pos_channels}, got {list(p.shape)}")
             padded = {nt: F.pad(p, (0, self.pos_channels - p.size(1))) for nt, p in pos.items()}
             return hierarchy.node_features(padded)
+        check_input_dtype("pos", pos, self.lin_pos.weight)
         if pos.dim() != 2 or pos.size(0) != hierarchy.num_nodes or pos.size(1) != self.pos_channels:
             raise ValueError(f"pos must be [T, {self.pos_channels}] with T={hierarchy.num_nodes} tree nodes, "
                              f"got shape {list(pos.shape)}")
@@ -359,3 +415,12 @@ class HSAConv(MessagePassing):
         in_channels = -1 if isinstance(self.in_channels, dict) else self.in_channels
         return (f"{self.__class__.__name__}({in_channels}, {self.out_channels}, heads={self.heads}, "
                 f"include_self={self.include_self})")
+
+
+def _named_tensors(x: Tensor | dict[str, Tensor] | None, name: str, what: str) -> list[tuple[str, Tensor]]:
+    """``(name, tensor)`` pairs of a layer input: one for a tensor, one per node type for a dict."""
+    if x is None:
+        return []
+    if isinstance(x, dict):
+        return [(f"{name}_dict[{nt!r}] ({what} of node type {nt!r})", value) for nt, value in x.items()]
+    return [(f"{name} ({what})", x)]

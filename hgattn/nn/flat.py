@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..hierarchy import Hierarchy
 from .conv import HSAConv
 
 __all__ = ["flat_softmax_attention", "FlatSoftmaxConv"]
@@ -69,13 +70,16 @@ def _tree_attention(q: Tensor, k: Tensor, v: Tensor, include_self: bool) -> Tens
 
 
 class FlatSoftmaxConv(HSAConv):
-    """Homogeneous :class:`~hgattn.nn.HSAConv` (same parameters, same arguments) for one-level trees, called
-    with the tree index of each leaf instead of a :class:`~hgattn.Hierarchy` (a one-level forest is fully
-    described by it) and computed by :func:`flat_softmax_attention`: no hierarchy and no sibling pairs are
-    built, which for families of hundreds of leaves costs more than the attention itself.
+    """Homogeneous :class:`~hgattn.nn.HSAConv` (same parameters, same arguments) with flat softmax attention
+    among the leaves of each tree (FSA, the baseline HSA is compared with): the tree is flattened, every leaf
+    attends to every leaf of its tree. Called with the same :class:`~hgattn.Hierarchy` as HSA, or with the tree
+    index of each leaf (a flattened forest is fully described by it), and computed by
+    :func:`flat_softmax_attention`: no sibling pairs are built, which for families of hundreds of leaves costs
+    more than the attention itself.
 
-    Shapes: leaf features ``[N, F]``, tree index ``[N]`` (sorted), raw leaf positions ``[N, pos_channels]``
-    (optional) to ``[N, heads * out_channels]`` (``[N, out_channels]`` without ``concat``).
+    Shapes: leaf features ``[N, F]``, a hierarchy over ``N`` leaves or the tree index ``[N]`` (sorted), raw leaf
+    positions ``[N, pos_channels]`` (optional) to ``[N, heads * out_channels]`` (``[N, out_channels]`` without
+    ``concat``).
     """
 
     def __init__(self, *args, **kwargs) -> None:
@@ -88,12 +92,16 @@ class FlatSoftmaxConv(HSAConv):
     def forward(
         self,
         x: Tensor,
-        batch: Tensor,
+        batch: Tensor | Hierarchy,
         pos: Tensor | None = None,
         return_attention_weights: bool | None = None,
     ) -> Tensor:
         if return_attention_weights:
             raise ValueError("FlatSoftmaxConv does not return attention weights")
+        if isinstance(batch, Hierarchy):
+            if batch.num_leaves != x.size(0):
+                raise ValueError(f"x has {x.size(0)} rows but the hierarchy has {batch.num_leaves} leaves")
+            batch = batch.batch
         if x.dim() != 2 or batch.shape != (x.size(0),):
             raise ValueError(f"x must be [N, F] and batch [N], got {list(x.shape)} and {list(batch.shape)}")
         query, key, value, skip = self._project(x, None)

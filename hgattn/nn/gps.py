@@ -16,7 +16,7 @@ from torch_geometric.nn.resolver import activation_resolver, normalization_resol
 from torch_geometric.typing import Adj
 
 from ..hierarchy import Hierarchy
-from .conv import HSAConv
+from .conv import HSAConv, check_input_dtype
 
 __all__ = ["HSAGPSConv", "GraphHSATransformer"]
 
@@ -109,6 +109,7 @@ class HSAGPSConv(torch.nn.Module):
     def forward(self, x: Tensor, edge_index: Adj, hierarchy: Hierarchy, batch: Tensor | None = None,
                 pos: Tensor | None = None, **kwargs: Any) -> Tensor:
         """Node features ``[N, channels]``; ``kwargs`` go to the local MPNN."""
+        check_input_dtype("x", x, self.lin_attn.weight)
         if x.dim() != 2 or x.size(1) != self.channels:
             raise ValueError(f"x must be [N, {self.channels}], got shape {list(x.shape)}")
         if hierarchy.num_leaves != x.size(0):
@@ -216,6 +217,7 @@ class GraphHSATransformer(torch.nn.Module):
     def forward(self, x: Tensor, edge_index: Adj, hierarchy: Hierarchy, batch: Tensor | None = None,
                 pos: Tensor | None = None) -> Tensor:
         """Per-node outputs ``[N, out]`` or per-graph outputs ``[B, out]``."""
+        check_input_dtype("x", x, self.encoder.weight)
         h = self.encoder(x)
         for layer in self.layers:
             h = layer(h, edge_index, hierarchy, batch=batch, pos=pos)

@@ -31,7 +31,9 @@ class Task:
     Graph-level tasks (``kind='graph'``) hold one dataset per split in ``splits`` (``train``, ``valid``,
     ``test``); node-level tasks (``kind='node'``) hold one graph and its boolean ``*_mask`` on
     ``target_type``.
-    ``evaluate(logits, y)`` gives the metrics; ``metric`` is the one that selects the best epoch.
+    ``evaluate(logits, y)`` gives the metrics; ``metric`` is the one that selects the best epoch. With
+    ``hierarchy_in_collate`` the training loop batches graphs with :class:`~hgattn.batching.TreeLoader`
+    (each batch's hierarchy built in the collate, for models that attend over it).
     """
 
     name: str
@@ -44,6 +46,7 @@ class Task:
     splits: dict[str, Dataset] = field(default_factory=dict)
     graph: HeteroData | None = None
     target_type: str = "node"
+    hierarchy_in_collate: bool = False
 
 
 def classification_metrics(num_classes: int) -> Callable[[Tensor, Tensor], dict[str, float]]:
@@ -58,10 +61,10 @@ def classification_metrics(num_classes: int) -> Callable[[Tensor, Tensor], dict[
 
 def tree_classification_task(name: str, num_classes: int,
                              build: Callable[[str, TrainConfig], torch.nn.Module],
-                             splits: dict[str, Dataset]) -> Task:
+                             splits: dict[str, Dataset], hierarchy_in_collate: bool = False) -> Task:
     """A graph classification task over trees: cross-entropy, accuracy (selects the epoch) and macro-F1."""
     return Task(name, "graph", "cross_entropy", "accuracy", num_classes, build,
-                classification_metrics(num_classes), splits=splits)
+                classification_metrics(num_classes), splits=splits, hierarchy_in_collate=hierarchy_in_collate)
 
 
 #: Models of :func:`tree_dataset_task`: HSA over the tree, flat softmax attention (FSA) over the leaves of
@@ -122,7 +125,7 @@ def tree_dataset_task(name: str, dataset: Dataset, config: TrainConfig, *,
                               pos_channels=pos_channels, attention=model != "deepset", flat=model == "fsa",
                               embedding=embedding, dropout=cfg.dropout)
 
-    return tree_classification_task(name, num_classes, build, splits)
+    return tree_classification_task(name, num_classes, build, splits, config.model == "hsa")
 
 
 def _leaf_channels(name: str, sample: HeteroData, embedding: Tensor | None) -> dict[str, int]:
@@ -166,10 +169,9 @@ def load_bbc_news(config: TrainConfig) -> Task:
     from ..nn.models import TreeClassifier
 
     _check_model("bbc-news", config.model, TEXT_MODELS)
-    levels = () if config.model == "fsa" else ("paragraph", "sentence")
-    dataset = BBCNews(
-        str(Path(config.data_root) / "bbc_news"), articles_per_topic=config.articles_per_topic, levels=levels
-    )
+    tree = TextHierarchy(levels=()) if config.model == "fsa" else TextHierarchy()
+    dataset = BBCNews(str(Path(config.data_root) / "bbc_news"), articles_per_topic=config.articles_per_topic,
+                      pre_transform=tree)
     splits = _non_empty_splits("bbc-news", dataset, f"articles_per_topic={config.articles_per_topic}")
     sample = dataset[0]
     pos_channels = sample["token"].pos.size(1)
@@ -190,7 +192,7 @@ def load_bbc_news(config: TrainConfig) -> Task:
             dropout=cfg.dropout,
         )
 
-    return tree_classification_task("bbc-news", dataset.num_classes, build, splits)
+    return tree_classification_task("bbc-news", dataset.num_classes, build, splits, config.model == "hsa")
 
 
 # ---------------------------------------------------------------- Emoji
@@ -201,13 +203,16 @@ def load_emoji(config: TrainConfig) -> Task:
     tokens}, ``deepset`` without attention. Two leaf types: raw 8x8 RGBA patches and frozen MiniLM word
     embeddings. ``max_graphs`` keeps the first emoji in the package's order; the dataset's seeded stratified
     80/10/10 split."""
-    from ..datasets import Emoji
-    from ..transforms import TextHierarchy
+    from torch_geometric.transforms import Compose
+
+    from ..datasets import Emoji, emoji_tree
+    from ..transforms import FlattenHierarchy, TextHierarchy
     from ..nn.models import TreeClassifier
 
     _check_model("emoji", config.model, TEXT_MODELS)
+    tree = Compose([emoji_tree(), FlattenHierarchy()]) if config.model == "fsa" else emoji_tree()
     dataset = Emoji(str(Path(config.data_root) / "emoji"), source=config.source, limit=config.max_graphs,
-                    flat=config.model == "fsa")
+                    pre_transform=tree)
     splits = _non_empty_splits("emoji", dataset, f"max_graphs={config.max_graphs}")
     sample = dataset[0]
     pos_channels = max(sample[nt].pos.size(1) for nt in sample.node_types if "pos" in sample[nt])
@@ -226,7 +231,7 @@ def load_emoji(config: TrainConfig) -> Task:
             dropout=cfg.dropout,
         )
 
-    return tree_classification_task("emoji", dataset.num_classes, build, splits)
+    return tree_classification_task("emoji", dataset.num_classes, build, splits, config.model == "hsa")
 
 
 # ---------------------------------------------------------------- Planetoid
@@ -333,9 +338,14 @@ def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
             )
 
         def evaluate(logits: Tensor, y: Tensor) -> dict[str, float]:
-            return {"roc_auc": roc_auc_ogb(name, logits, y)}
+            try:
+                return {"roc_auc": roc_auc_ogb(name, logits, y)}
+            except RuntimeError as error:   # ogb's Evaluator: no task with both classes in this split part
+                raise ValueError(f"{name}: ROC-AUC is undefined on a split part of {y.size(0)} molecules "
+                                 f"(max_graphs={config.max_graphs}): {error}; use more graphs") from error
 
-        return Task(name, "graph", "bce", "roc_auc", dataset.num_tasks, build, evaluate, splits=splits)
+        return Task(name, "graph", "bce", "roc_auc", dataset.num_tasks, build, evaluate, splits=splits,
+                    hierarchy_in_collate=config.model == "gps-hsa")
 
     return load
 
