@@ -51,6 +51,9 @@ class HTEBlock(torch.nn.Module):
         pos_channels (int, optional): Size of the raw position features, ``0`` for none. (default: ``0``)
         include_self (bool, optional): Let a leaf attend to itself. (default: ``False``)
         norm_first (bool, optional): Pre-norm form. (default: ``False``)
+        attention (type, optional): The attention layer class, built with the arguments above:
+            :class:`~hgattn.nn.HSAConv`, or :class:`~hgattn.nn.FlatSoftmaxConv` for the same block with
+            flat softmax attention over each tree's leaves (homogeneous, no dropout). (default: ``HSAConv``)
 
     Shapes:
         - **input:** leaf features :math:`(N, F)` or a dict over leaf types, :class:`~hgattn.Hierarchy`,
@@ -70,6 +73,7 @@ class HTEBlock(torch.nn.Module):
         pos_channels: int = 0,
         include_self: bool = False,
         norm_first: bool = False,
+        attention: type[HSAConv] = HSAConv,
     ) -> None:
         super().__init__()
         if channels % heads != 0:
@@ -80,9 +84,9 @@ class HTEBlock(torch.nn.Module):
         self.dropout = dropout
         self.norm_first = norm_first
         self.ffn_channels = ffn_channels or 2 * channels
-        self.attn = HSAConv(in_channels, channels // heads, metadata, heads=heads, concat=True, qk_norm=True,
-                            include_self=include_self, dropout=dropout, pos_channels=pos_channels,
-                            root_weight=False, query_residual=True)
+        self.attn = attention(in_channels, channels // heads, metadata, heads=heads, concat=True, qk_norm=True,
+                              include_self=include_self, dropout=dropout, pos_channels=pos_channels,
+                              root_weight=False, query_residual=True)
         self.lin_out = Linear(channels, channels)
         self.ffn = Sequential(
             Linear(channels, self.ffn_channels),

@@ -85,23 +85,9 @@ class DeepSetBlock(torch.nn.Module):
 
 
 def flat_hte_block(in_channels: int, channels: int, heads: int = 1, pos_channels: int = 0) -> HTEBlock:
-    """A homogeneous :class:`~hgattn.nn.HTEBlock` whose attention is a
-    :class:`~hgattn.nn.FlatSoftmaxConv` with the same arguments (called with the tree index of each
-    leaf instead of a hierarchy)."""
-    block = HTEBlock(in_channels, channels, heads=heads, pos_channels=pos_channels)
-    attn = block.attn
-    block.attn = FlatSoftmaxConv(
-        attn.in_channels,
-        attn.out_channels,
-        heads=attn.heads,
-        concat=attn.concat,
-        qk_norm=attn.qk_norm,
-        include_self=attn.include_self,
-        pos_channels=attn.pos_channels,
-        root_weight=attn.root_weight,
-        query_residual=attn.query_residual,
-    )
-    return block
+    """A homogeneous :class:`~hgattn.nn.HTEBlock` whose attention is a :class:`~hgattn.nn.FlatSoftmaxConv`
+    (flat softmax over each tree's leaves; called with the hierarchy or the tree index of each leaf)."""
+    return HTEBlock(in_channels, channels, heads=heads, pos_channels=pos_channels, attention=FlatSoftmaxConv)
 
 
 class TreeClassifier(torch.nn.Module):
