@@ -28,6 +28,7 @@ from torch.autograd.function import once_differentiable
 
 from ..hierarchy import NEG, Hierarchy
 from . import dp
+from .inputs import self_logits
 from .numerics import exp
 
 __all__ = ["DenseGroup", "DensePlan", "dense_plan", "hsa_dense"]
@@ -126,20 +127,23 @@ def dense_plan(h: Hierarchy) -> DensePlan | None:
     return h._plans["dense"]
 
 
-def hsa_dense(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, self_logit: Tensor | None, h: Hierarchy,
+def hsa_dense(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, include_self: bool, h: Hierarchy,
               plan: DensePlan, scale: float) -> Tensor:
-    """HSA of prepared inputs (``[N, H, d]``, ``pos`` ``[T, H or 1, C]``, ``self_logit`` ``[N, H]`` or None)
-    with the dense groups of ``plan`` and the DP for the rest; differentiable by autograd."""
+    """HSA of prepared inputs (``[N, H, d]``, ``pos`` ``[T, H or 1, C]``) with the dense groups of ``plan`` and
+    the DP for the rest; differentiable by autograd. The dense groups read their self logits ``s_ii`` off the
+    diagonal of their family logits."""
     if not plan.identity:
         q, k, v = (_ToSlots.apply(x, plan.order, plan.slots) for x in (q, k, v))
     parts, start = [], 0
     for g in plan.groups:
         rows = slice(start, start + g.trees * g.leaves)
-        parts.append(_group_output(g, q[rows], k[rows], v[rows], pos, self_logit, scale))
+        parts.append(_group_output(g, q[rows], k[rows], v[rows], pos, include_self, scale))
         start = rows.stop
     if plan.rest is not None:
-        parts.append(dp.hsa_dp(q[start:], k[start:], v[start:], None if pos is None else pos[plan.rest_node],
-                               None if self_logit is None else self_logit[plan.rest_leaf_row], plan.rest, scale))
+        q_rest, k_rest, v_rest = q[start:], k[start:], v[start:]
+        pos_rest = None if pos is None else pos[plan.rest_node]
+        self_logit = self_logits(q_rest, k_rest, pos_rest, plan.rest, scale) if include_self else None
+        parts.append(dp.hsa_dp(q_rest, k_rest, v_rest, pos_rest, self_logit, plan.rest, scale))
     out = parts[0] if len(parts) == 1 else torch.cat(parts)
     return out if plan.identity else _FromSlots.apply(out, plan.order)
 
@@ -178,7 +182,7 @@ class _FromSlots(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------- forward
-def _group_output(g: DenseGroup, q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, self_logit: Tensor | None,
+def _group_output(g: DenseGroup, q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, include_self: bool,
                   scale: float) -> Tensor:
     """``[B * n, H, dv]`` outputs of the leaf slots of one group (padding rows included) from its leaf slots
     ``q, k, v`` ``[B * n, H, d]``: the family attention and the output assembly are custom autograd functions
@@ -186,12 +190,11 @@ def _group_output(g: DenseGroup, q: Tensor, k: Tensor, v: Tensor, pos: Tensor | 
     heads, b, n = q.size(1), g.trees, g.leaves
     mean, path, bias, child_weight, reach, has_sibling = g.matrices(q.dtype)
     pn = None if pos is None else _pad_rows(pos, g.node).view(b, g.slots, *pos.shape[1:]).transpose(1, 2)
-    e, theta = _FamilyAttention.apply(q, k, v, pn, mean, bias, has_sibling, scale)
+    e, theta, self_logit = _FamilyAttention.apply(q, k, v, pn, mean, bias, has_sibling, scale, include_self)
     if self_logit is None:
         a_leaf = e.new_full((b, 1, n), NEG).expand(b, heads, n)
     else:
-        a_leaf = _pad_rows(self_logit, g.leaf_row).view(b, n, heads).transpose(1, 2)
-        a_leaf = torch.where(g.leaf_mask[:, None], a_leaf, NEG)
+        a_leaf = torch.where(g.leaf_mask[:, None], self_logit, NEG)
     a_inner = e.new_zeros(b, heads, g.inner)
     for _ in range(max(g.height, 1)):
         z = torch.logaddexp(torch.cat([a_leaf, a_inner], -1), e)
@@ -237,30 +240,36 @@ class _FamilyAttention(torch.autograd.Function):
     ``e = logsumexp_S(L)`` ``[B, H, T]`` and ``theta = softmax_S(L) @ v`` ``[B, H, T, d]`` with
     ``L = q k^T scale + <pos, pos> + bias`` over the slots (leaves, then inner means ``mean @ x``); rows
     without a sibling give ``e = NEG`` and no gradient (their ``theta`` is a uniform average, gated to 0 by
-    the caller). The softmax is kept for the backward pass."""
+    the caller). With ``include_self`` also the leaves' self logits ``s_ii`` ``[B, H, n]``, the diagonal of
+    ``L`` before the bias (else None). The softmax is kept for the backward pass."""
 
     @staticmethod
-    def forward(ctx, q, k, v, pos, mean, bias, has_sibling, scale):
+    def forward(ctx, q, k, v, pos, mean, bias, has_sibling, scale, include_self):
         qn, kn, vn = _to_nodes(q, mean), _to_nodes(k, mean, scale), _to_nodes(v, mean)
-        logit = torch.matmul(qn, kn.transpose(-1, -2)).add_(bias[:, None])
+        logit = torch.matmul(qn, kn.transpose(-1, -2))
         if pos is not None:
             logit.add_(torch.matmul(pos, pos.transpose(-1, -2)))
+        leaves = mean.size(-1)
+        self_logit = logit.diagonal(dim1=-2, dim2=-1)[..., :leaves].clone() if include_self else None
+        logit.add_(bias[:, None])
         top = logit.amax(dim=-1)
         weight = torch.softmax(logit, dim=-1)
         e = torch.where(has_sibling[:, None] > 0, top - _max_log(weight), NEG)
         theta = torch.matmul(weight, vn)
         ctx.save_for_backward(qn, kn, vn, pos, mean, weight, theta, has_sibling)
         ctx.scale = scale
-        return e, theta
+        return e, theta, self_logit
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_e, grad_theta):
+    def backward(ctx, grad_e, grad_theta, grad_self):
         qn, kn, vn, pos, mean, weight, theta, has_sibling = ctx.saved_tensors
         grad_e = grad_e * has_sibling[:, None]
         grad_logit = torch.matmul(grad_theta, vn.transpose(-1, -2))
         drift = torch.linalg.vecdot(grad_theta, theta) - grad_e
         grad_logit.sub_(drift.unsqueeze(-1)).mul_(weight)
+        if grad_self is not None:
+            grad_logit.diagonal(dim1=-2, dim2=-1)[..., :mean.size(-1)].add_(grad_self)
         grad_q = _to_leaves(torch.matmul(grad_logit, kn), mean)
         grad_k = _to_leaves(torch.matmul(grad_logit.transpose(-1, -2), qn), mean, ctx.scale)
         grad_v = _to_leaves(torch.matmul(weight.transpose(-1, -2), grad_theta), mean)
@@ -268,7 +277,7 @@ class _FamilyAttention(torch.autograd.Function):
         if pos is not None:
             grad_pair = grad_logit if pos.size(1) > 1 else grad_logit.sum(1, keepdim=True)
             grad_pos = torch.matmul(grad_pair + grad_pair.transpose(-1, -2), pos)
-        return grad_q, grad_k, grad_v, grad_pos, None, None, None, None
+        return grad_q, grad_k, grad_v, grad_pos, None, None, None, None, None
 
 
 def _max_log(weight: Tensor) -> Tensor:

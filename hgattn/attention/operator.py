@@ -112,12 +112,11 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     h = hierarchy
 
     with _compute_precision(q):
-        self_logit = self_logits(q, k, pos, h, scale) if include_self else None
         plan = None if torch.compiler.is_compiling() else dense_plan(h)
         if plan is None:
-            out = dp.hsa_dp(q, k, v, pos, self_logit, h, scale)
+            out = dp.hsa_dp(q, k, v, pos, self_logits(q, k, pos, h, scale) if include_self else None, h, scale)
         else:
-            out = hsa_dense(q, k, v, pos, self_logit, h, plan, scale)
+            out = hsa_dense(q, k, v, pos, include_self, h, plan, scale)
     check_finite(inputs, [out], lambda: overflow_cause(q, k, v, pos, h, scale))
     out = out.to(out_dtype)
     if one_head:
@@ -125,7 +124,7 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     if not return_attention:
         return out
     with _compute_precision(q):
-        return out, _attention(q, k, pos, self_logit, h, scale)
+        return out, _attention(q, k, pos, self_logits(q, k, pos, h, scale) if include_self else None, h, scale)
 
 
 def hsa_attention(query: Tensor, key: Tensor, hierarchy: Hierarchy, *, pos: Tensor | None = None,
