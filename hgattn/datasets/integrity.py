@@ -15,17 +15,18 @@ import gzip
 import hashlib
 import io
 import os
-import secrets
 import shutil
 import warnings
 import zlib
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch_geometric.data import Data
 from torch_geometric.io import fs
+
+from ..files import fsync_folder, temporary_sibling, write_atomically
 
 __all__ = ["DatasetFileError", "IntegrityMixin", "ProcessedFileWarning", "atomic_copy", "atomic_copytree",
            "atomic_saves", "atomic_write_bytes", "count_csv_rows", "expect_count", "folder_sha256",
@@ -108,34 +109,9 @@ def count_csv_rows(path: str | Path) -> int:
 
 
 # ---------------------------------------------------------------------- atomic writes
-def _temporary_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def _fsync_folder(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically: temporary file in the same folder, fsync, ``os.replace``."""
-    path = Path(path)
-    temporary = _temporary_sibling(path)
-    try:
-        with open(temporary, "xb") as file:
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
-    _fsync_folder(path.parent)
+    """Write ``payload`` to ``path`` atomically (:func:`hgattn.files.write_atomically`)."""
+    write_atomically(path, payload)
 
 
 def atomic_copy(source: str | Path, target: str | Path) -> None:
@@ -147,13 +123,13 @@ def atomic_copytree(source: str | Path, target: str | Path, ignore: Any = None) 
     """Copy a folder so that ``target`` is either absent or complete (copied beside it, then renamed)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_sibling(target)
+    temporary = temporary_sibling(target)
     try:
         shutil.copytree(source, temporary, ignore=ignore)
         os.replace(temporary, target)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    _fsync_folder(target.parent)
+    fsync_folder(target.parent)
 
 
 def _is_local(path: Any) -> bool:

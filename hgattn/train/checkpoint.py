@@ -7,13 +7,14 @@ import hashlib
 import io
 import os
 import random
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from .. import files
 
 __all__ = [
     "save_checkpoint",
@@ -102,38 +103,13 @@ def _verified_payload(path: Path, data: bytes) -> bytes:
 
 
 def write_atomically(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file in ``path``'s folder, fsync it, rename it over ``path`` and fsync
-    the folder: readers see the old file or the new one, never a part (also after SIGKILL or power loss).
-
-    Temporary files of ``path`` left by an interrupted earlier write are removed first; callers that may
-    write the same ``path`` concurrently hold :func:`locked_folder`.
-    """
+    """:func:`hgattn.files.write_atomically`, after removing the temporary files of ``path`` left by an
+    interrupted earlier write (callers that may write the same ``path`` concurrently hold
+    :func:`locked_folder`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX; folders cannot be opened elsewhere)."""
-    if os.name != "posix":
-        return
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
+    files.write_atomically(path, data)
 
 
 @contextmanager
