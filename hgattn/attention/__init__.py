@@ -6,6 +6,9 @@ hierarchy), or column-tied / causal HSA (:mod:`~hgattn.attention.column_tied`). 
 is the plain float64 implementation every kernel is tested against.
 """
 from .column_tied import column_tied_hsa
+from .inputs import NonFiniteError
 from .operator import HSAAttention, build_plans, hsa, hsa_attention, leaf_cover
+from .sharded import CommStats, Shard, TopTree, count_communication, shard_hierarchy, sharded_hsa
 
-__all__ = ["hsa", "hsa_attention", "HSAAttention", "leaf_cover", "build_plans", "column_tied_hsa"]
+__all__ = ["hsa", "hsa_attention", "HSAAttention", "leaf_cover", "build_plans", "column_tied_hsa",
+           "NonFiniteError", "Shard", "TopTree", "CommStats", "shard_hierarchy", "sharded_hsa", "count_communication"]
