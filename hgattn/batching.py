@@ -18,8 +18,9 @@ __all__ = ["TreeCollater", "TreeLoader", "batch_hierarchy", "attach_hierarchy"]
 
 
 def attach_hierarchy(data: HeteroData) -> HeteroData:
-    """Store ``Hierarchy.from_hetero(data)``, with its plans built, as ``data.hierarchy``; returns ``data``."""
-    data.hierarchy = build_plans(Hierarchy.from_hetero(data))
+    """Store ``Hierarchy.from_hetero(data)``, with the plans of an eager :func:`~hgattn.hsa` call built
+    (``build_plans(..., for_compile=False)``), as ``data.hierarchy``; returns ``data``."""
+    data.hierarchy = build_plans(Hierarchy.from_hetero(data), for_compile=False)
     return data
 
 

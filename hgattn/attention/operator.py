@@ -183,16 +183,19 @@ def _grouped_logsumexp(x: Tensor, index: Tensor, size: int) -> Tensor:
     return torch.where(total > 0, top + total.clamp(min=torch.finfo(x.dtype).tiny).log(), NEG)
 
 
-def build_plans(hierarchy: Hierarchy) -> Hierarchy:
+def build_plans(hierarchy: Hierarchy, *, for_compile: bool = True) -> Hierarchy:
     """Build and cache the kernels' plans for ``hierarchy`` now, and return it.
 
     :func:`hsa` builds them on its first call on a hierarchy; build them ahead where that call should not pay
     for it: in a ``DataLoader``'s collate (plans move with ``Hierarchy.to``), or before ``torch.compile``
     traces a model (building them inside a compiled region breaks the graph). Under ``torch.compile`` every
     tree takes the DP: with the dense kernel, inductor (torch 2.13, CPU) gave wrong gradients for
-    ``HSAConv`` in training mode (``tests/test_nn_compile.py``)."""
+    ``HSAConv`` in training mode (``tests/test_nn_compile.py``). With ``for_compile=False`` only the plans an
+    eager call uses are built (the DP's family blocks of all trees are skipped when the dense path takes
+    them all)."""
     plan = dense_plan(hierarchy)
-    family_blocks(hierarchy)
+    if for_compile or plan is None:
+        family_blocks(hierarchy)
     if plan is not None and plan.rest is not None:
         family_blocks(plan.rest)
     return hierarchy
