@@ -303,12 +303,9 @@ _COUNTERS: list[CommStats] = []
 
 @contextlib.contextmanager
 def count_communication() -> Iterator[CommStats]:
-    """Count the bytes of the collectives :func:`sharded_hsa` runs (forward and backward) inside the block::
-
-        with count_communication() as stats:
-            sharded_hsa(q, k, v, shard).backward(grad)
-        stats.forward_bytes, stats.backward_bytes
-    """
+    """Count the bytes of the collectives :func:`sharded_hsa` runs (forward and backward) inside a ``with
+    count_communication() as stats:`` block; afterwards ``stats.forward_bytes`` and ``stats.backward_bytes``
+    hold them."""
     stats = CommStats()
     _COUNTERS.append(stats)
     try:

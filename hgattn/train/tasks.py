@@ -458,3 +458,87 @@ def load_task(config: TrainConfig) -> Task:
     if not isinstance(task, Task):
         raise ValueError(f"task {config.task!r} returned {type(task).__name__}, not a hgattn.train.Task")
     return task
+
+
+# ---------------------------------------------------------------- Code: method names from Python ASTs
+#: Models of the code tasks: graph transformers whose global attention is HSA over the AST (``hsa``) or flat
+#: softmax attention over the same tokens (``fsa``), and OGB's code2 GIN / GCN with a virtual node.
+CODE_MODELS = ("hsa", "fsa", "gin-vn", "gcn-vn")
+
+
+def subtoken_metrics(vocab: Sequence[str]) -> Callable[[Tensor, Tensor], dict[str, float]]:
+    """OGB's code2 metrics (``Evaluator('ogbg-code2')``: F1, precision and recall of the predicted sub-token
+    set per name, averaged over names) of ``[N * L, V]`` logits against ``[N, L]`` targets.
+
+    Predictions are decoded up to the first EOS (a predicted UNK stays ``'__UNK__'``, a false positive, as in
+    OGB's example); a reference UNK is a sub-token outside the vocabulary, which no prediction matches."""
+    from ..transforms.code import UNK_TOKEN, decode_subtokens
+
+    def evaluate(logits: Tensor, y: Tensor) -> dict[str, float]:
+        from ogb.graphproppred import Evaluator
+
+        if y.dim() != 2 or logits.dim() != 2 or logits.size(0) != y.numel():
+            raise ValueError(f"subtoken_metrics: logits must be [N * L, V] for targets [N, L], got "
+                             f"{list(logits.shape)} and {list(y.shape)}")
+        predicted = logits.view(y.size(0), y.size(1), -1).argmax(dim=-1)
+        seq_pred = [decode_subtokens(row, vocab) for row in predicted]
+        seq_ref = [[f"{UNK_TOKEN}{i}" if token == UNK_TOKEN else token
+                    for i, token in enumerate(decode_subtokens(row, vocab))] for row in y]
+        scores = Evaluator("ogbg-code2").eval({"seq_ref": seq_ref, "seq_pred": seq_pred})
+        return {"f1": float(scores["F1"]), "precision": float(scores["precision"]),
+                "recall": float(scores["recall"])}
+
+    return evaluate
+
+
+def code_task(name: str, dataset: Dataset, config: TrainConfig) -> Task:
+    """A method-name task over :class:`~hgattn.transforms.CodeHierarchy` trees (a dataset with ``split_idx``,
+    ``vocab``, ``num_types``, ``num_attributes``, ``max_seq_len``, ``pos_dim``): OGB's code2 loss (mean
+    cross-entropy over names and positions) and sub-token F1 (:func:`subtoken_metrics`, selects the epoch).
+    Models (:data:`CODE_MODELS`): :class:`~hgattn.nn.models.CodeTransformer` with HSA or flat attention,
+    :class:`~hgattn.nn.models.CodeGNN` GIN / GCN with a virtual node. ``max_graphs`` keeps a seeded random
+    subset of each split part, in proportion to its size."""
+    from ..nn.models import CodeGNN, CodeTransformer
+
+    _check_model(name, config.model, CODE_MODELS)
+    if config.max_graphs is not None:
+        dataset.split_idx = subsample_splits(dataset.split_idx, config.max_graphs / len(dataset))
+    splits = _non_empty_splits(name, dataset, f"max_graphs={config.max_graphs}")
+    num_classes = len(dataset.vocab) + 2
+    sizes = (dataset.num_types, dataset.num_attributes)
+
+    def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
+        if model in ("gin-vn", "gcn-vn"):
+            return CodeGNN(*sizes, cfg.hidden, num_classes, dataset.max_seq_len, conv=model[:3],
+                           num_layers=cfg.layers, dropout=cfg.dropout)
+        return CodeTransformer(*sizes, cfg.hidden, num_classes, dataset.max_seq_len,
+                               attention="hsa" if model == "hsa" else "flat", num_layers=cfg.layers,
+                               heads=cfg.heads, pos_channels=dataset.pos_dim, dropout=cfg.dropout)
+
+    return Task(name, "graph", "cross_entropy", "f1", num_classes, build, subtoken_metrics(dataset.vocab),
+                splits=splits)
+
+
+def load_python_code(config: TrainConfig) -> Task:
+    """``code-python``: method names of real Python code (:class:`~hgattn.datasets.PythonCode`: the standard
+    library and the default packages as installed, or the packages in the folder ``source``), split by
+    package; see :func:`code_task`."""
+    from ..datasets import PythonCode
+
+    _check_model("code-python", config.model, CODE_MODELS)
+    dataset = PythonCode(str(Path(config.data_root) / "python_code"), source=config.source)
+    return code_task("code-python", dataset, config)
+
+
+def load_ogbg_code2(config: TrainConfig) -> Task:
+    """``ogbg-code2`` (:class:`~hgattn.datasets.OGBCode2`: OGB's files, downloaded or copied from
+    ``source``, and its project split); see :func:`code_task`."""
+    from ..datasets import OGBCode2
+
+    _check_model("ogbg-code2", config.model, CODE_MODELS)
+    dataset = OGBCode2(str(Path(config.data_root) / "ogb"), source=config.source)
+    return code_task("ogbg-code2", dataset, config)
+
+
+TASKS.update({"code-python": (load_python_code, CODE_MODELS), "ogbg-code2": (load_ogbg_code2, CODE_MODELS)})
+__all__ += ["CODE_MODELS", "code_task", "subtoken_metrics", "load_python_code", "load_ogbg_code2"]
