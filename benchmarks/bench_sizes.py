@@ -161,13 +161,9 @@ def hgattn_commit() -> str | None:
 
 
 def build_forest(tree: str, trees: int, leaves: int) -> hgattn.Hierarchy:
-    """``trees`` copies of one tree: the parent arrays concatenated with shifted ids (roots stay -1)."""
+    """``trees`` copies of one tree, side by side (:meth:`hgattn.Hierarchy.cat`)."""
     one = TREES[tree](leaves)
-    if trees == 1:
-        return one
-    parent = one.parent
-    shift = torch.arange(trees).unsqueeze(1) * parent.numel()
-    return hgattn.Hierarchy.from_parent(torch.where(parent >= 0, parent + shift, -1).flatten())
+    return one if trees == 1 else hgattn.Hierarchy.cat([one] * trees)
 
 
 def make_inputs(cfg: Config, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:

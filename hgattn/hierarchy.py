@@ -90,6 +90,24 @@ class Hierarchy:
         return cls(parent)
 
     @classmethod
+    def cat(cls, hierarchies: Sequence["Hierarchy"]) -> "Hierarchy":
+        """The forest of ``hierarchies`` side by side: the node ids of each are shifted by the nodes before it,
+        so its leaves keep their order and follow those before it (the rows of q, k, v concatenate alike)."""
+        hierarchies = list(hierarchies)
+        if not hierarchies:
+            raise ValueError("Hierarchy.cat needs at least one hierarchy")
+        for index, h in enumerate(hierarchies):
+            if not isinstance(h, Hierarchy):
+                raise TypeError(f"Hierarchy.cat: item {index} is a {type(h).__name__}, not a Hierarchy")
+        devices = sorted({str(h.device) for h in hierarchies})
+        if len(devices) > 1:
+            raise ValueError(f"Hierarchy.cat: the hierarchies are on several devices {devices}; move them first")
+        sizes = torch.tensor([h.num_nodes for h in hierarchies], device=hierarchies[0].device)
+        offsets = torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
+        parent = torch.cat([h.parent for h in hierarchies])
+        return cls(torch.where(parent >= 0, parent + offsets, -1))
+
+    @classmethod
     def from_edge_index(cls, edge_index: Tensor, num_nodes: int | None = None) -> "Hierarchy":
         """Build from tree edges ``[2, E]`` pointing from child (row 0) to parent (row 1).
 

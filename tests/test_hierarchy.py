@@ -294,3 +294,22 @@ def test_leaf_features_reject_bad_input() -> None:
         h.leaf_features({**data.x_dict, "word": torch.randn(5, 8)})
     with pytest.raises(ValueError, match="built with from_hetero"):
         Hierarchy.from_parent(UNBALANCED).leaf_features(data.x_dict)
+
+
+def test_cat_puts_forests_side_by_side() -> None:
+    """Hierarchy.cat shifts node ids; leaves keep their order and the result equals one hierarchy built from
+    the concatenated parent arrays; bad input is named."""
+    a = Hierarchy.from_parent([-1, 0, 0, 1, 1])
+    b = Hierarchy.from_windows(5, 2)
+    joined = Hierarchy.cat([a, b, a])
+    offset = a.num_nodes
+    expected = torch.cat([a.parent, torch.where(b.parent >= 0, b.parent + offset, -1),
+                          torch.where(a.parent >= 0, a.parent + offset + b.num_nodes, -1)])
+    assert torch.equal(joined.parent, expected)
+    assert joined.num_trees == 2 * a.num_trees + b.num_trees
+    assert joined.num_leaves == 2 * a.num_leaves + b.num_leaves
+    assert torch.equal(Hierarchy.cat([b]).parent, b.parent)
+    with pytest.raises(ValueError, match="at least one"):
+        Hierarchy.cat([])
+    with pytest.raises(TypeError, match="item 1 is a list"):
+        Hierarchy.cat([a, [-1, 0]])

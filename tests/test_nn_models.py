@@ -20,12 +20,7 @@ def flat(num_leaves: int) -> Hierarchy:
 
 def windows_forest(sizes: list[int], branching: int = 3) -> Hierarchy:
     """One fixed-window tree per graph; leaf rows follow the graphs' node order."""
-    parent, offset = [], 0
-    for size in sizes:
-        tree = Hierarchy.from_windows(size, branching).parent
-        parent.append(torch.where(tree >= 0, tree + offset, -1))
-        offset += tree.numel()
-    return Hierarchy.from_parent(torch.cat(parent))
+    return Hierarchy.cat([Hierarchy.from_windows(size, branching) for size in sizes])
 
 
 def dense_heads(conv: HSAConv, x: torch.Tensor, mask_diagonal: bool) -> torch.Tensor:

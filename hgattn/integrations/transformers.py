@@ -242,13 +242,13 @@ def _forest(spec: HierarchySpec, counts: tuple[int, ...]) -> Hierarchy:
         if not isinstance(tree, Hierarchy) or tree.num_leaves != count or tree.num_trees != 1:
             raise ValueError(f"the hierarchy callable must return a one-tree Hierarchy with {count} leaves "
                              f"for example {index}, got {tree!r}")
-        trees.append(tree.parent)
-    return _concatenate(trees)
+        trees.append(tree)
+    return Hierarchy.cat(trees)
 
 
 @lru_cache(maxsize=64)
 def _window_forest(branching: tuple[int, ...] | int, counts: tuple[int, ...]) -> Hierarchy:
-    return _concatenate([Hierarchy.from_windows(count, branching).parent for count in counts])
+    return Hierarchy.cat([Hierarchy.from_windows(count, branching) for count in counts])
 
 
 def _concatenate(parents: list[Tensor]) -> Hierarchy:
