@@ -187,6 +187,21 @@ def test_planetoid_published_counts(tmp_path, name, nodes, edges, classes):
     assert torch.equal(again[0]["node", "in", "cluster1"].edge_index, data["node", "in", "cluster1"].edge_index)
 
 
+def test_planetoid_takes_the_tree_builder_as_pre_transform(tmp_path):
+    """Another builder gets its own processed folder; the default equals GraphHierarchy(branching=16)."""
+    source = SHARED / "planetoid" / "Cora" / "raw"
+    if not source.is_dir():
+        pytest.skip(f"no Planetoid raw files in {source}")
+    from hgattn.datasets.planetoid import HierarchicalPlanetoid
+    from hgattn.transforms import GraphHierarchy
+
+    default = HierarchicalPlanetoid(str(tmp_path), "Cora", source=source)
+    small = HierarchicalPlanetoid(str(tmp_path), "Cora", pre_transform=GraphHierarchy(branching=4, pe_dim=4))
+    same = HierarchicalPlanetoid(str(tmp_path), "Cora", pre_transform=GraphHierarchy(branching=16, pe_dim=4))
+    assert small.processed_dir != default.processed_dir == same.processed_dir
+    assert Hierarchy.from_hetero(small[0]).num_levels > Hierarchy.from_hetero(default[0]).num_levels
+
+
 @pytest.mark.parametrize("name", ["Cora", "CiteSeer"])
 def test_planetoid_records_match_the_real_files(name):
     from hgattn.datasets.integrity import verify_sha256

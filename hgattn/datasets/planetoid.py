@@ -10,7 +10,8 @@ from torch_geometric.data import Data
 from torch_geometric.datasets import Planetoid
 from torch_geometric.io.planetoid import read_file, read_planetoid_data
 
-from .integrity import DatasetFileError, IntegrityMixin, atomic_copy, expect_count, verify_sha256
+from .integrity import (DatasetFileError, IntegrityMixin, atomic_copy, expect_count, processed_folder,
+                        verify_sha256)
 from .manifest import RECORDS, DatasetRecord
 
 __all__ = ["HierarchicalPlanetoid", "read_planetoid_raw"]
@@ -27,33 +28,36 @@ class HierarchicalPlanetoid(IntegrityMixin, Planetoid):
 
     The raw files are PyG's own (downloaded by PyG where a network exists, or copied once from ``source``, a
     folder holding the ``ind.<name>.*`` files) and are checked before processing (:func:`read_planetoid_raw`).
-    :class:`~hgattn.transforms.GraphHierarchy` runs as the pre-transform: one ``HeteroData`` whose ``node`` type
-    keeps ``x``, ``y`` and the public ``train_mask`` / ``val_mask`` / ``test_mask``, with the citation edges as
-    ``('node', 'to', 'node')``. The processed file is written atomically and checked on load
+    The tree builder is ``pre_transform`` (default :class:`~hgattn.transforms.GraphHierarchy`): one
+    ``HeteroData`` whose ``node`` type keeps ``x``, ``y`` and the public ``train_mask`` / ``val_mask`` /
+    ``test_mask``, with the citation edges as ``('node', 'to', 'node')``; each builder has its own processed
+    folder (:func:`~hgattn.datasets.integrity.processed_folder`). The processed file is written atomically and checked on load
     (:class:`~hgattn.datasets.integrity.IntegrityMixin`): counts against the published ones.
 
     Args:
         root: root folder (the dataset lives in ``<root>/<name>``).
         name: ``'Cora'``, ``'CiteSeer'`` or ``'PubMed'``.
         source: optional folder with the raw files, copied to ``<root>/<name>/raw`` if they are missing.
-        branching, pe_dim, seed: passed to :class:`~hgattn.transforms.GraphHierarchy`.
+        branching, pe_dim, seed: passed to the default :class:`~hgattn.transforms.GraphHierarchy`.
+        pre_transform: the tree builder (a ``Data`` graph to a ``HeteroData`` tree); default
+            ``GraphHierarchy(branching=branching, pe_dim=pe_dim, seed=seed)``.
     """
 
     def __init__(self, root: str, name: str, source: str | Path | None = None, branching: int = 16,
                  pe_dim: int = 4, seed: int = 0, transform: Callable | None = None,
-                 force_reload: bool = False) -> None:
+                 force_reload: bool = False, pre_transform: Callable | None = None) -> None:
         from ..transforms.graph import GraphHierarchy
 
-        self.branching, self.pe_dim, self.seed = branching, pe_dim, seed
+        if pre_transform is None:
+            pre_transform = GraphHierarchy(branching=branching, pe_dim=pe_dim, seed=seed)
         if source is not None:
             _copy_raw(Path(source), Path(root) / name / "raw", name)
-        super().__init__(root, name, split="public", transform=transform,
-                         pre_transform=GraphHierarchy(branching=branching, pe_dim=pe_dim, seed=seed),
+        super().__init__(root, name, split="public", transform=transform, pre_transform=pre_transform,
                          force_reload=force_reload)
 
     @property
     def processed_dir(self) -> str:
-        return osp.join(self.root, self.name, f"processed_tree_b{self.branching}_pe{self.pe_dim}_seed{self.seed}")
+        return processed_folder(osp.join(self.root, self.name), self.pre_transform)
 
     @property
     def num_classes(self) -> int:
