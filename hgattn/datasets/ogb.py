@@ -28,7 +28,7 @@ from torch_geometric.data import InMemoryDataset
 from torch_geometric.utils import index_to_mask
 
 from .integrity import (DatasetFileError, IntegrityMixin, ProcessedFileWarning, atomic_copytree, atomic_saves,
-                        count_csv_rows, expect_count, verify_sha256)
+                        count_csv_rows, expect_count, processed_folder, verify_sha256)
 from .manifest import RECORDS, DatasetRecord
 
 __all__ = ["OGBMoleculeDataset", "OGBNodeDataset", "ogb_compat", "copy_ogb_folder", "open_ogb_dataset",
@@ -288,8 +288,9 @@ class OGBNodeDataset(IntegrityMixin, InMemoryDataset):
     r"""An OGB node-property dataset (``ogbn-arxiv``, ``ogbn-products``, ...) as one GraphHierarchy tree.
 
     The graph comes from ``ogb.nodeproppred.PygNodePropPredDataset(name, root)`` (downloaded by ogb where a
-    network exists, or copied once from ``source``); :class:`~hgattn.transforms.GraphHierarchy` groups its
-    nodes into a tree. The ``node`` type keeps OGB's features, ``y`` ``[n]`` and boolean ``train_mask``,
+    network exists, or copied once from ``source``); the tree builder ``pre_transform`` (default
+    :class:`~hgattn.transforms.GraphHierarchy`) groups its nodes into a tree, one processed folder per
+    builder. The ``node`` type keeps OGB's features, ``y`` ``[n]`` and boolean ``train_mask``,
     ``val_mask``, ``test_mask`` from OGB's split. Raw and split files are checked as for
     :class:`OGBMoleculeDataset` (published node and edge counts of ``ogbn-arxiv``, ``-products``,
     ``-proteins``); the processed file is written atomically and rebuilt with a warning when damaged.
@@ -298,28 +299,37 @@ class OGBNodeDataset(IntegrityMixin, InMemoryDataset):
         name: e.g. ``'ogbn-arxiv'``.
         root: folder of the OGB dataset; the tree is stored in ``<root>/<name>/hgattn``.
         source: optional OGB-layout folder to copy into ``root`` when the dataset is not there yet.
-        branching, pe_dim, seed: passed to :class:`~hgattn.transforms.GraphHierarchy`.
+        branching, pe_dim, seed: passed to the default :class:`~hgattn.transforms.GraphHierarchy`.
+        pre_transform: the tree builder (a ``Data`` graph to a ``HeteroData`` tree); default
+            ``GraphHierarchy(branching=branching, pe_dim=pe_dim, seed=seed)``.
     """
 
     def __init__(self, name: str, root: str, source: str | Path | None = None, branching: int = 16,
                  pe_dim: int = 4, seed: int = 0, transform: Callable | None = None,
-                 force_reload: bool = False) -> None:
+                 force_reload: bool = False, pre_transform: Callable | None = None) -> None:
+        from ..transforms.graph import GraphHierarchy
+
         if not name.startswith("ogbn-"):
             raise ValueError(f"OGBNodeDataset: {name!r} is not an ogbn-* dataset")
-        self.name, self.branching, self.pe_dim, self.seed = name, branching, pe_dim, seed
+        if pre_transform is None:
+            pre_transform = GraphHierarchy(branching=branching, pe_dim=pe_dim, seed=seed)
+        self.name = name
         if source is not None:
             copy_ogb_folder(source, root, name)
         self.ogb_root = root
-        super().__init__(str(Path(root) / name.replace("-", "_") / "hgattn"), transform, force_reload=force_reload)
+        super().__init__(str(Path(root) / name.replace("-", "_") / "hgattn"), transform, pre_transform,
+                         force_reload=force_reload)
         self.load(self.processed_paths[0])
 
     @property
+    def processed_dir(self) -> str:
+        return processed_folder(self.root, self.pre_transform)
+
+    @property
     def processed_file_names(self) -> list[str]:
-        return [f"tree_b{self.branching}_pe{self.pe_dim}_seed{self.seed}.pt"]
+        return ["tree.pt"]
 
     def process(self) -> None:
-        from ..transforms.graph import GraphHierarchy
-
         module, folder = _ogb("nodeproppred"), ogb_folder(self.ogb_root, self.name)
         dataset = open_ogb_dataset(lambda: module.PygNodePropPredDataset(name=self.name, root=self.ogb_root),
                                    folder, self.name)
@@ -330,8 +340,7 @@ class OGBNodeDataset(IntegrityMixin, InMemoryDataset):
         data.y = data.y.view(-1)
         for mask, key in (("train_mask", "train"), ("val_mask", "valid"), ("test_mask", "test")):
             data[mask] = index_to_mask(split[key], data.num_nodes)
-        tree = GraphHierarchy(branching=self.branching, pe_dim=self.pe_dim, seed=self.seed)(data)
-        self.save([tree], self.processed_paths[0])
+        self.save([self.pre_transform(data)], self.processed_paths[0])
 
     def count_problem(self) -> str | None:
         record = RECORDS.get(self.name)
