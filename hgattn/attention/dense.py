@@ -426,7 +426,15 @@ def _build_group(h: Hierarchy, tree: Tensor, members: Tensor, n: int, k: int) ->
         mean=(below / count[:, None, n:].clamp(min=1)).transpose(1, 2).contiguous(), path=below,
         bias=bias, child_weight=child_of[:, :, n:].contiguous(),
         reach=(ancestors & not_root)[:, :, n:].transpose(1, 2).double().contiguous(),
-        has_sibling=sibling.any(-1).double(), leaf_mask=leaf_mask)
+        has_sibling=_has_sibling(parent).double(), leaf_mask=leaf_mask)
+
+
+def _has_sibling(parent: Tensor) -> Tensor:
+    """``[B, T]`` bool: slots whose parent slot has another child (``parent`` ``[B, T]``, ``-1`` for none)."""
+    b, t = parent.shape
+    children = torch.zeros(b, t + 1, dtype=torch.long, device=parent.device)
+    children.scatter_add_(1, torch.where(parent >= 0, parent, t), torch.ones_like(parent))
+    return (parent >= 0) & (torch.gather(children, 1, torch.where(parent >= 0, parent, t)) > 1)
 
 
 def _slots(h: Hierarchy, nodes: Tensor, group_tree: Tensor, n: int) -> Tensor:
@@ -445,12 +453,11 @@ def _ancestor_matrix(parent: Tensor, depth: int) -> Tensor:
     """``[B, T, T]`` bool: ``out[b, c, a]`` when slot ``a`` is a strict ancestor of slot ``c``."""
     b, t = parent.shape
     out = torch.zeros(b, t, t, dtype=torch.bool, device=parent.device)
-    rows = torch.arange(b, device=parent.device)[:, None].expand(b, t)
-    cols = torch.arange(t, device=parent.device)[None].expand(b, t)
     up = parent
     for _ in range(depth):
         alive = up >= 0
-        out[rows[alive], cols[alive], up[alive]] = True
+        # a slot without an ancestor this far up writes False at slot 0, a leaf slot, never an ancestor
+        out.scatter_(2, up.clamp(min=0).unsqueeze(-1), alive.unsqueeze(-1))
         up = torch.where(alive, torch.gather(parent, 1, up.clamp(min=0)), -1)
     return out
 
