@@ -23,7 +23,8 @@ from torch_geometric.data import Data, HeteroData, InMemoryDataset
 
 from ..transforms.code import (NONE_TOKEN, UNK_TOKEN, ASTGraph, CodeHierarchy, function_graph, iter_functions,
                                ogb_code_graph, split_subtokens, target_vocabulary)
-from .integrity import IntegrityMixin, atomic_write_bytes
+from ..files import write_atomically
+from .integrity import IntegrityMixin
 
 __all__ = ["DEFAULT_PACKAGES", "DISTRIBUTIONS", "SPLIT_FRACTIONS", "default_install_command", "SourcePackage",
            "CodeFunction", "PythonCode", "OGBCode2", "stdlib_packages", "installed_package",
@@ -375,7 +376,7 @@ class PythonCode(IntegrityMixin, InMemoryDataset):
         info.update(vocab=vocab, types=types, attributes=attributes,
                     functions=[[f.package, f.path, f.qualname, f.lineno] for f in functions])
         self.save(items, self.processed_paths[0])
-        atomic_write_bytes(self.processed_paths[1], json.dumps(info).encode())
+        write_atomically(self.processed_paths[1], json.dumps(info).encode())
 
     def _read_corpus(self) -> tuple[list[CodeFunction], dict[str, Any]]:
         """The kept functions ordered train, valid, test (packages by name inside), deduplicated in that
@@ -495,7 +496,7 @@ class OGBCode2(IntegrityMixin, InMemoryDataset):
                 "num_types": self._mapping_size("typeidx2type.csv.gz", int(x[:, 0].max()) + 1),
                 "num_attributes": self._mapping_size("attridx2attr.csv.gz", int(x[:, 1].max()) + 1)}
         self.save(items, self.processed_paths[0])
-        atomic_write_bytes(self.processed_paths[1], json.dumps(info).encode())
+        write_atomically(self.processed_paths[1], json.dumps(info).encode())
 
     def _mapping_size(self, file_name: str, fallback: int) -> int:
         """Rows of OGB's mapping file (its header excluded), else ``fallback``."""

@@ -1,8 +1,8 @@
 """Crash-safe processed files and verified raw files, shared by every hgattn dataset.
 
-* :func:`atomic_write_bytes`: a temporary file in the target's folder, ``fsync``, ``os.replace``, ``fsync`` of
-  the folder. A reader sees the old file or the complete new one, never a part (also after SIGKILL or power
-  loss).
+* writes through :func:`hgattn.files.write_atomically`: a temporary file in the target's folder, ``fsync``,
+  ``os.replace``, ``fsync`` of the folder. A reader sees the old file or the complete new one, never a part
+  (also after SIGKILL or power loss).
 * :class:`IntegrityMixin` for PyG ``InMemoryDataset`` subclasses: processed files are written atomically with
   a ``<file>.sha256`` beside them; on load a file whose digest, contents or counts are wrong is rebuilt from
   the raw files with a :class:`ProcessedFileWarning` naming it.
@@ -29,7 +29,7 @@ from torch_geometric.io import fs
 from ..files import fsync_folder, temporary_sibling, write_atomically
 
 __all__ = ["DatasetFileError", "IntegrityMixin", "ProcessedFileWarning", "atomic_copy", "atomic_copytree",
-           "atomic_saves", "atomic_write_bytes", "count_csv_rows", "expect_count", "folder_sha256",
+           "atomic_saves", "count_csv_rows", "expect_count", "folder_sha256",
            "processed_folder", "record_digest", "sha256_file", "verify_sha256", "write_verified"]
 
 _CHUNK = 1 << 20
@@ -109,14 +109,9 @@ def count_csv_rows(path: str | Path) -> int:
 
 
 # ---------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` atomically (:func:`hgattn.files.write_atomically`)."""
-    write_atomically(path, payload)
-
-
 def atomic_copy(source: str | Path, target: str | Path) -> None:
     """Copy a file so that ``target`` is either absent or complete."""
-    atomic_write_bytes(target, Path(source).read_bytes())
+    write_atomically(target, Path(source).read_bytes())
 
 
 def atomic_copytree(source: str | Path, target: str | Path, ignore: Any = None) -> None:
@@ -155,12 +150,12 @@ def atomic_saves() -> Iterator[None]:
             return original_save(obj, f, *args, **kwargs)
         buffer = io.BytesIO()
         original_save(obj, buffer, *args, **kwargs)
-        atomic_write_bytes(f, buffer.getvalue())
+        write_atomically(f, buffer.getvalue())
 
     def fs_save(obj: Any, path: str) -> None:
         if not _is_local(path):
             return original_fs_save(obj, path)
-        atomic_write_bytes(path, serialized(obj))
+        write_atomically(path, serialized(obj))
 
     torch.save, fs.torch_save = save, fs_save
     try:
@@ -176,14 +171,14 @@ def _digest_path(path: str | Path) -> Path:
 
 def record_digest(path: str | Path, digest: str) -> None:
     """Write ``<path>.sha256`` (``sha256sum`` format) atomically."""
-    atomic_write_bytes(_digest_path(path), f"{digest}  {Path(path).name}\n".encode())
+    write_atomically(_digest_path(path), f"{digest}  {Path(path).name}\n".encode())
 
 
 def write_verified(path: str | Path, payload: bytes) -> None:
     """Write ``payload`` and its ``<path>.sha256`` atomically, the digest first (so a kill between the two
     leaves no file, or the previous file with a digest that no longer matches it)."""
     record_digest(path, hashlib.sha256(payload).hexdigest())
-    atomic_write_bytes(path, payload)
+    write_atomically(path, payload)
 
 
 def digest_problem(path: str | Path) -> str | None:

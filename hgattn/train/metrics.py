@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["accuracy", "accuracy_ogb", "macro_f1", "mean_confidence_interval", "roc_auc_ogb"]
+__all__ = ["accuracy", "accuracy_ogb", "macro_f1", "mean_confidence_interval", "roc_auc_ogb", "sample_std"]
 
 
 def accuracy(pred: Tensor, target: Tensor) -> float:
@@ -51,8 +51,15 @@ def mean_confidence_interval(values: Sequence[float], confidence: float = 0.95) 
     mean = math.fsum(values) / n
     if n == 1:
         return mean, math.nan
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sample_std(values) / math.sqrt(n)
+
+
+def sample_std(values: Sequence[float]) -> float:
+    """Sample standard deviation (``n - 1`` in the denominator; NaN for fewer than two values)."""
+    if len(values) < 2:
+        return math.nan
+    mean = math.fsum(values) / len(values)
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def roc_auc_ogb(name: str, scores: Tensor, target: Tensor) -> float:

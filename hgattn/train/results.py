@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .checkpoint import locked_folder, write_atomically
-from .metrics import mean_confidence_interval
+from .metrics import mean_confidence_interval, sample_std
 
 __all__ = [
     "read_jsonl",
@@ -101,21 +101,13 @@ def summarize(results: Sequence[dict[str, Any]], confidence: float = 0.95) -> li
         row: dict[str, Any] = {"task": task, "model": model, "seeds": len(runs)}
         for key in sorted(k for k in runs[0] if k.startswith("test_")):
             values = [run[key] for run in runs]
-            row[key] = (*mean_confidence_interval(values, confidence), _std(values))
+            row[key] = (*mean_confidence_interval(values, confidence), sample_std(values))
         row["seconds_per_epoch"] = sum(run["seconds_per_epoch"] for run in runs) / len(runs)
         peaks = [run["peak_bytes"] for run in runs if run.get("peak_bytes") is not None]
         row["peak_mib"] = max(peaks) / 2**20 if peaks else None
         row["epochs"] = runs[0]["epochs"]
         rows.append(row)
     return rows
-
-
-def _std(values: Sequence[float]) -> float:
-    """Sample standard deviation (NaN for one value)."""
-    if len(values) < 2:
-        return math.nan
-    mean = math.fsum(values) / len(values)
-    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def _interval(value: tuple[float, float, float]) -> str:
