@@ -113,8 +113,11 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
 
     with _compute_precision(q):
         plan = None if torch.compiler.is_compiling() else dense_plan(h)
+        # the dense groups read their self logits off their family logits; the DP and _attention need them here
+        wanted = include_self and (plan is None or return_attention)
+        self_logit = self_logits(q, k, pos, h, scale) if wanted else None
         if plan is None:
-            out = dp.hsa_dp(q, k, v, pos, self_logits(q, k, pos, h, scale) if include_self else None, h, scale)
+            out = dp.hsa_dp(q, k, v, pos, self_logit, h, scale)
         else:
             out = hsa_dense(q, k, v, pos, include_self, h, plan, scale)
     check_finite(inputs, [out], lambda: overflow_cause(q, k, v, pos, h, scale))
@@ -124,7 +127,7 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     if not return_attention:
         return out
     with _compute_precision(q):
-        return out, _attention(q, k, pos, self_logits(q, k, pos, h, scale) if include_self else None, h, scale)
+        return out, _attention(q, k, pos, self_logit, h, scale)
 
 
 def hsa_attention(query: Tensor, key: Tensor, hierarchy: Hierarchy, *, pos: Tensor | None = None,
