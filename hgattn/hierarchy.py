@@ -410,7 +410,7 @@ class Hierarchy:
             elif key == "levels":
                 value = [item.to(device) for item in value]
             elif key == "_plans":
-                value = {name: plan.to(device) for name, plan in value.items()}
+                value = {name: plan.to(device) for name, plan in value.items() if plan is not None}
             out.__dict__[key] = value
         return out
 

@@ -30,23 +30,45 @@ def emoji_package() -> Path:
     return found
 
 
-#: ``MAX_DENSE_NODES`` per kernel choice: every tree to the DP, every tree dense, or small trees dense and
-#: larger ones to the DP in the same call.
+#: ``MAX_DENSE_NODES`` per PyTorch kernel choice: every tree to the DP, every tree dense, or small trees dense
+#: and larger ones to the DP in the same call.
 KERNEL_THRESHOLDS = {"dp": -1, "dense": 1 << 30, "mixed": 12}
 
 
-@pytest.fixture(params=list(KERNEL_THRESHOLDS))
-def kernel(request, monkeypatch) -> str:
-    """Runs a test once per kernel choice of :func:`hgattn.hsa` (see :data:`KERNEL_THRESHOLDS`)."""
+def use_pytorch_kernel(monkeypatch, name: str) -> None:
+    """Sends :func:`hgattn.hsa` to the PyTorch kernel ``name`` (a key of :data:`KERNEL_THRESHOLDS`)."""
     import hgattn.attention.dense as dense
+    import hgattn.attention.native as native
 
-    monkeypatch.setattr(dense, "MAX_DENSE_NODES", KERNEL_THRESHOLDS[request.param])
+    monkeypatch.setattr(native, "MAX_WIDTH", -1)
+    monkeypatch.setattr(dense, "MAX_DENSE_NODES", KERNEL_THRESHOLDS[name])
+
+
+def native_kernel_expected() -> bool:
+    """The native kernel is built at install time wherever a C compiler is found."""
+    import shutil
+
+    return shutil.which("cc") is not None or shutil.which("gcc") is not None
+
+
+@pytest.fixture(params=["native", *KERNEL_THRESHOLDS])
+def kernel(request, monkeypatch) -> str:
+    """Runs a test once per kernel of :func:`hgattn.hsa`: the native CPU kernel (skipped where it was not
+    built for want of a compiler), and the PyTorch kernels (see :data:`KERNEL_THRESHOLDS`)."""
+    if request.param == "native":
+        import hgattn.attention.native as native
+
+        if not native.available():
+            if native_kernel_expected():
+                pytest.fail("the native kernel was not built although a C compiler is installed")
+            pytest.skip("the native kernel was not built (no C compiler)")
+        monkeypatch.setattr(native, "MAX_WIDTH", 1 << 30)
+    else:
+        use_pytorch_kernel(monkeypatch, request.param)
     return request.param
 
 
 @pytest.fixture
 def dp_kernel(monkeypatch) -> None:
     """Sends every tree to the DP kernel (for tests of its blocks, chunks and head groups)."""
-    import hgattn.attention.dense as dense
-
-    monkeypatch.setattr(dense, "MAX_DENSE_NODES", KERNEL_THRESHOLDS["dp"])
+    use_pytorch_kernel(monkeypatch, "dp")

@@ -89,8 +89,28 @@ def homogeneous_call(x: torch.Tensor | None = None, pos: torch.Tensor | None = N
 
 
 def big_tree() -> Hierarchy:
-    """A tree too large for the dense kernel (the DP runs)."""
+    """A tree too large for the dense kernel (the DP runs when the native kernel is off)."""
     return Hierarchy.from_windows(200, 4)
+
+
+def on_the_native_kernel(call: Callable[..., Any], **kwargs: Any) -> Any:
+    """``call(**kwargs)``, skipped where the native kernel was not built."""
+    import hgattn.attention.native as native
+
+    if not native.available():
+        pytest.skip("the native kernel was not built")
+    return call(**kwargs)
+
+
+def on_the_dp(call: Callable[..., Any], **kwargs: Any) -> Any:
+    """``call(**kwargs)`` with the native kernel off, so that trees too large for the dense kernel take the DP."""
+    import hgattn.attention.native as native
+
+    width, native.MAX_WIDTH = native.MAX_WIDTH, -1
+    try:
+        return call(**kwargs)
+    finally:
+        native.MAX_WIDTH = width
 
 
 def operator_call(fill_q: float | None = None, fill_k: float | None = None, fill_v: float | None = None,
@@ -510,9 +530,9 @@ OPERATOR_PROBES = [
           r"overflow in torch.float32.*query"),
     Probe("hsa q = k = 1e20", lambda: operator_call(fill_q=1e20, fill_k=1e20), ValueError,
           r"overflow in torch.float32: the attention logits reach ~2e\+40"),
-    Probe("hsa value 3e38 (DP)", lambda: operator_call(fill_v=3e38, hierarchy=big_tree()), ValueError,
+    Probe("hsa value 3e38 (DP)", lambda: on_the_dp(operator_call, fill_v=3e38, hierarchy=big_tree()), ValueError,
           r"overflow in torch.float32: the sums of value over a subtree"),
-    Probe("hsa query 3e38 (DP)", lambda: operator_call(fill_q=3e38, hierarchy=big_tree()), ValueError,
+    Probe("hsa query 3e38 (DP)", lambda: on_the_dp(operator_call, fill_q=3e38, hierarchy=big_tree()), ValueError,
           r"overflow in torch.float32: the sums of query over a subtree"),
     Probe("hsa columns q = k = 1e20", lambda: operator_call(fill_q=1e20, fill_k=1e20, tie="columns"),
           ValueError,
@@ -613,7 +633,10 @@ CONTROLS = [
     Control("double layer", _double_layer, _finite),
     Control("autocast layer", _autocast_layer, _finite),
     Control("large but finite inputs", _big_but_finite, _finite),
-    Control("values of 3e38 on the dense kernel", lambda: operator_call(fill_v=3e38),
+    Control("values of 3e38 on the dense kernel", lambda: on_the_dp(operator_call, fill_v=3e38),
+            lambda out: torch.allclose(out, torch.full_like(out, 3e38), rtol=1e-5, atol=0)),
+    Control("values of 3e38 on the default kernel (native: weighted means, no subtree sums)",
+            lambda: on_the_native_kernel(operator_call, fill_v=3e38, hierarchy=big_tree()),
             lambda out: torch.allclose(out, torch.full_like(out, 3e38), rtol=1e-5, atol=0)),
     Control("hetero layer", hetero_call, _finite),
     Control("hte block", lambda: hte_call(lambda x: None), _finite),

@@ -15,9 +15,10 @@ PACKAGE = Path(hgattn.__file__).parent
 
 
 def module_names() -> list[str]:
-    """Every module of the package but ``__main__`` (which runs the command line)."""
+    """Every Python module of the package but ``__main__`` (which runs the command line); the native kernel's
+    shared library is not a Python module."""
     return ["hgattn"] + [m.name for m in pkgutil.walk_packages([str(PACKAGE)], prefix="hgattn.")
-                         if not m.name.endswith(".__main__")]
+                         if not m.name.endswith(".__main__") and _module_path(m.name).exists()]
 
 
 def _module_path(name: str) -> Path:

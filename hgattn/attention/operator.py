@@ -18,6 +18,7 @@ from . import dp
 from .column_tied import column_tied_hsa
 from .dense import dense_plan, hsa_dense
 from .inputs import check_finite, overflow_cause, prepare_inputs, self_logits
+from . import native
 from .plan import family_blocks
 
 __all__ = ["hsa", "hsa_attention", "HSAAttention", "leaf_cover", "build_plans"]
@@ -112,14 +113,7 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     h = hierarchy
 
     with _compute_precision(q):
-        plan = None if torch.compiler.is_compiling() else dense_plan(h)
-        # the dense groups read their self logits off their family logits; the DP and _attention need them here
-        wanted = include_self and (plan is None or return_attention)
-        self_logit = self_logits(q, k, pos, h, scale) if wanted else None
-        if plan is None:
-            out = dp.hsa_dp(q, k, v, pos, self_logit, h, scale)
-        else:
-            out = hsa_dense(q, k, v, pos, include_self, h, plan, scale)
+        out = _dispatch(q, k, v, pos, include_self, h, scale)
     check_finite(inputs, [out], lambda: overflow_cause(q, k, v, pos, h, scale))
     out = out.to(out_dtype)
     if one_head:
@@ -127,7 +121,23 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     if not return_attention:
         return out
     with _compute_precision(q):
+        self_logit = self_logits(q, k, pos, h, scale) if include_self else None
         return out, _attention(q, k, pos, self_logit, h, scale)
+
+
+def _dispatch(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, include_self: bool, h: Hierarchy,
+              scale: float) -> Tensor:
+    """The kernel for prepared inputs: the native one on the CPU (float32/64, families up to its width), else
+    the dense groups for small trees and the DP for the rest (the DP alone under ``torch.compile``)."""
+    if torch.compiler.is_compiling():
+        return dp.hsa_dp(q, k, v, pos, self_logits(q, k, pos, h, scale) if include_self else None, h, scale)
+    plan = native.native_plan(h)
+    if native.takes(plan, q.dtype):
+        return native.hsa_native(q, k, v, pos, include_self, plan, scale)
+    plan = dense_plan(h)
+    if plan is not None:   # the dense groups read their self logits off their family logits
+        return hsa_dense(q, k, v, pos, include_self, h, plan, scale)
+    return dp.hsa_dp(q, k, v, pos, self_logits(q, k, pos, h, scale) if include_self else None, h, scale)
 
 
 def hsa_attention(query: Tensor, key: Tensor, hierarchy: Hierarchy, *, pos: Tensor | None = None,
@@ -194,8 +204,10 @@ def build_plans(hierarchy: Hierarchy, *, for_compile: bool = True) -> Hierarchy:
     traces a model (building them inside a compiled region breaks the graph). Under ``torch.compile`` every
     tree takes the DP: with the dense kernel, inductor (torch 2.13, CPU) gave wrong gradients for
     ``HSAConv`` in training mode (``tests/test_nn_compile.py``). With ``for_compile=False`` only the plans an
-    eager call uses are built (the DP's family blocks of all trees are skipped when the dense path takes
-    them all)."""
+    eager call uses are built: the native kernel's where it takes the hierarchy (on the CPU), else the dense
+    groups and the DP's family blocks of the trees they leave."""
+    if native.takes(native.native_plan(hierarchy)) and not for_compile:
+        return hierarchy
     plan = dense_plan(hierarchy)
     if for_compile or plan is None:
         family_blocks(hierarchy)

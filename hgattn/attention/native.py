@@ -1,0 +1,199 @@
+r"""The native CPU kernel: the whole dynamic programme (spec section 5), forward and backward, in C.
+
+The PyTorch kernels (:mod:`~hgattn.attention.dense`, :mod:`~hgattn.attention.dp`) pay a fixed price per
+operation, and a forest of small trees needs many small operations; on the CPU this kernel instead runs each
+pass of the DP as one OpenMP loop over a tree level (over all families at once for the family attention),
+touching every node once: time ``O(P d + T d)`` with no padding, and no temporaries but the node means, the
+family summaries and per-head scalars. It is compiled from ``csrc/hsa_native.c`` when the package is installed
+(``setup.py``; optional: without a C compiler :func:`available` is False and :func:`hgattn.hsa` uses the
+PyTorch kernels) and loaded with :mod:`ctypes`.
+
+The family attention is a scalar loop over sibling pairs, so very wide families (thousands of children, where
+a blocked matrix product wins) go to the PyTorch kernels: :func:`hgattn.hsa` takes this kernel when no family
+has more than :data:`MAX_WIDTH` children.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..hierarchy import Hierarchy
+
+__all__ = ["available", "NativePlan", "native_plan", "takes", "hsa_native", "MAX_WIDTH"]
+
+#: Widest family the native kernel takes (its family attention is a scalar loop, ``O(F^2 d)`` per family).
+MAX_WIDTH = 64
+
+_i64 = ctypes.c_int64
+_ptr = ctypes.c_void_p
+
+
+class _Tree(ctypes.Structure):
+    _fields_ = [(name, _i64) for name in ("num_slots", "num_levels", "num_leaves", "num_inner", "max_width")] + [
+        (name, _ptr) for name in ("level_ptr", "parent", "child_start", "child_count", "leaf_row", "inner_row",
+                                  "count", "log_count")] + [
+        (name, _i64) for name in ("heads", "dim", "vdim", "pos_heads", "pos_dim", "include_self", "threads")]
+
+
+@lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    spec = importlib.util.find_spec("hgattn.attention._native")
+    if spec is None or spec.origin is None:
+        return None
+    lib = ctypes.CDLL(spec.origin)
+    for suffix, real in (("_f32", ctypes.c_float), ("_f64", ctypes.c_double)):
+        getattr(lib, "hsa_forward" + suffix).argtypes = [ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real] + [_ptr] * 10
+        getattr(lib, "hsa_backward" + suffix).argtypes = ([ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real]
+                                                          + [_ptr] * 18)
+    return lib
+
+
+def available() -> bool:
+    """Whether the native kernel was built (at install time) and loads."""
+    return _library() is not None
+
+
+@dataclass
+class NativePlan:
+    """A hierarchy in level order, as the C kernel reads it (int64 and float64 arrays, ``[T]`` by slot).
+
+    Attributes:
+        level_ptr: ``[L + 1]`` slot range of each level.
+        parent, child_start, child_count: parent slot (-1 for a root), first child slot, number of children.
+        leaf_row, inner_row: leaf row of a leaf slot and inner row of an inner slot (-1 otherwise).
+        count, log_count: leaves below each slot, and their log.
+        slot_node, node_slot: node id of each slot, and its inverse.
+        max_width: the widest family.
+    """
+
+    level_ptr: Tensor
+    parent: Tensor
+    child_start: Tensor
+    child_count: Tensor
+    leaf_row: Tensor
+    inner_row: Tensor
+    count: Tensor
+    log_count: Tensor
+    slot_node: Tensor
+    node_slot: Tensor
+    num_leaves: int
+    num_inner: int
+    max_width: int
+    workspace: dict = field(default_factory=dict, repr=False)
+
+    def to(self, device: torch.device | str) -> "NativePlan":
+        return NativePlan(*(getattr(self, f.name).to(device) if isinstance(getattr(self, f.name), Tensor)
+                            else getattr(self, f.name) for f in fields(self) if f.name != "workspace"))
+
+    def borrow(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A work array of one call (uninitialised), taken from the plan's cache or freshly allocated: the
+        kernel's temporaries are allocated once per hierarchy and shape, not per call (large fresh
+        allocations cost a page fault per 4 KB on every call)."""
+        found = self.workspace.pop((name, like.dtype, shape), None)
+        return like.new_empty(shape) if found is None else found
+
+    def give_back(self, name: str, work: Tensor) -> None:
+        self.workspace[(name, work.dtype, tuple(work.shape))] = work
+
+    def tree(self, heads: int, dim: int, vdim: int, pos: Tensor | None, include_self: bool) -> _Tree:
+        return _Tree(self.parent.numel(), self.level_ptr.numel() - 1, self.num_leaves, self.num_inner,
+                     self.max_width, *(t.data_ptr() for t in (self.level_ptr, self.parent, self.child_start,
+                                                              self.child_count, self.leaf_row, self.inner_row,
+                                                              self.count, self.log_count)),
+                     heads, dim, vdim, 0 if pos is None else pos.size(1), 0 if pos is None else pos.size(2),
+                     int(include_self), torch.get_num_threads())
+
+
+def native_plan(h: Hierarchy) -> NativePlan | None:
+    """The plan of ``h`` for the native kernel (cached on it), or None when the kernel is not built or ``h`` is
+    not on the CPU."""
+    if "native" not in h._plans:
+        h._plans["native"] = _build_plan(h) if available() and h.device.type == "cpu" else None
+    return h._plans["native"]
+
+
+@torch.compiler.disable
+def _build_plan(h: Hierarchy) -> NativePlan:
+    slots = h.num_nodes
+    slot_node = h.level_node
+    parent_node = h.parent[slot_node]
+    parent = torch.where(parent_node >= 0, h.node_slot[parent_node.clamp(min=0)], -1)
+    child = (parent >= 0).nonzero().view(-1)
+    child_count = torch.bincount(parent[child], minlength=slots)
+    child_start = torch.full((slots,), slots, dtype=torch.long).scatter_reduce_(0, parent[child], child, "amin")
+    count = h.leaf_count[slot_node].double()
+    return NativePlan(torch.tensor(h.level_ptr, dtype=torch.long), parent, child_start, child_count,
+                      h.node_leaf[slot_node], h.inner_index[slot_node], count, count.log(), slot_node,
+                      h.node_slot, h.num_leaves, h.num_inner, int(child_count.max()))
+
+
+def takes(plan: NativePlan | None, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the native kernel computes HSA of inputs of ``dtype`` over the hierarchy of ``plan`` (on the
+    CPU: inputs are on the hierarchy's device)."""
+    return (plan is not None and plan.max_width <= MAX_WIDTH and plan.parent.device.type == "cpu"
+            and dtype in (torch.float32, torch.float64))
+
+
+def hsa_native(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, include_self: bool, plan: NativePlan,
+               scale: float) -> Tensor:
+    """HSA of prepared inputs (``[N, H, d]`` float32 or float64 CPU tensors, ``pos`` ``[T, H or 1, C]`` by
+    node) with the native kernel; differentiable in all four."""
+    return _NativeHSA.apply(q, k, v, pos, include_self, plan, scale)
+
+
+def _suffix(x: Tensor) -> str:
+    return "_f32" if x.dtype == torch.float32 else "_f64"
+
+
+def _address(x: Tensor | None) -> int | None:
+    return None if x is None else x.data_ptr()
+
+
+class _NativeHSA(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, pos, include_self, plan, scale):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        pos_slot = None if pos is None else pos.index_select(0, plan.slot_node)
+        heads, dim, vdim = q.size(1), q.size(2), v.size(2)
+        tree = plan.tree(heads, dim, vdim, pos_slot, include_self)
+        inner, slots = plan.num_inner, plan.parent.numel()
+        out = v.new_empty(plan.num_leaves, heads, vdim)
+        rq, rk = q.new_empty(inner, heads, dim), q.new_empty(inner, heads, dim)
+        rv, y = v.new_empty(inner, heads, vdim), plan.borrow("y", (inner, heads, vdim), v)
+        theta = v.new_empty(slots, heads, vdim)
+        e, a, z, u = q.new_empty(4, slots, heads).unbind(0)
+        getattr(_library(), "hsa_forward" + _suffix(q))(
+            ctypes.byref(tree), *map(_address, (q, k, v, pos_slot)), scale,
+            *map(_address, (out, rq, rk, rv, theta, e, a, z, u, y)))
+        plan.give_back("y", y)
+        ctx.save_for_backward(q, k, v, pos_slot, rq, rk, rv, theta, e, a, z, u)
+        ctx.plan, ctx.include_self, ctx.scale = plan, include_self, scale
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        q, k, v, pos_slot, rq, rk, rv, theta, e, a, z, u = ctx.saved_tensors
+        plan = ctx.plan
+        grad = grad.contiguous()
+        heads, dim, vdim = q.size(1), q.size(2), v.size(2)
+        tree = plan.tree(heads, dim, vdim, pos_slot, ctx.include_self)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dpos = None if pos_slot is None else torch.empty_like(pos_slot)
+        inner, slots = plan.num_inner, plan.parent.numel()
+        work = {"g": (inner, heads, vdim), "q": (inner, heads, dim), "k": (inner, heads, dim),
+                "v": (inner, heads, vdim), "scalars": (5, slots, heads)}
+        work = {name: plan.borrow(name, shape, q) for name, shape in work.items()}
+        getattr(_library(), "hsa_backward" + _suffix(q))(
+            ctypes.byref(tree), *map(_address, (q, k, v, pos_slot)), ctx.scale,
+            *map(_address, (rq, rk, rv, theta, e, a, z, u, grad, dq, dk, dv, dpos, *work.values())))
+        for name, tensor in work.items():
+            plan.give_back(name, tensor)
+        grad_pos = None if dpos is None else dpos.index_select(0, plan.node_slot)
+        return dq, dk, dv, grad_pos, None, None, None
