@@ -93,3 +93,18 @@ def test_plan_moves_with_the_hierarchy_and_is_not_used_off_the_cpu() -> None:
     moved = h.to("meta")
     assert not native.takes(moved._plans["native"])
     assert native.takes(plan)
+
+
+def test_recomputing_the_node_state_in_the_backward_pass_gives_the_same_gradients(monkeypatch) -> None:
+    h = Hierarchy(torch.tensor(random_forest(random.Random(5), [30, 7, 1, 60], max_children=5)))
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(h.num_leaves, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+               for _ in range(3))
+    pos = torch.randn(h.num_nodes, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    results = []
+    for limit in (1 << 40, 0):   # saved, then recomputed
+        monkeypatch.setattr(native, "RECOMPUTE_BYTES", limit)
+        out = hsa(q, k, v, Hierarchy(h.parent), pos=pos, include_self=True)
+        results.append([out, *torch.autograd.grad(out.square().sum(), (q, k, v, pos))])
+    for saved, recomputed in zip(*results):
+        torch.testing.assert_close(saved, recomputed, rtol=0, atol=0)

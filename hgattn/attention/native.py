@@ -29,6 +29,11 @@ __all__ = ["available", "NativePlan", "native_plan", "takes", "hsa_native", "MAX
 
 #: Widest family the native kernel takes (its family attention is a scalar loop, ``O(F^2 d)`` per family).
 MAX_WIDTH = 64
+#: Above this size of the family summaries (bytes), the forward pass keeps only per-head scalars for the
+#: backward pass, which computes the node means and summaries again in cached work arrays: glibc serves
+#: allocations beyond 32 MB with fresh pages, and on this project's CPU machine faulting them in cost more
+#: than the recomputation (1M leaves: ~0.4 s per GB, and more in a process's first steps).
+RECOMPUTE_BYTES = 32 << 20
 
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
@@ -49,7 +54,7 @@ def _library() -> ctypes.CDLL | None:
     lib = ctypes.CDLL(spec.origin)
     for suffix, real in (("_f32", ctypes.c_float), ("_f64", ctypes.c_double)):
         getattr(lib, "hsa_forward" + suffix).argtypes = [ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real] + [_ptr] * 10
-        getattr(lib, "hsa_backward" + suffix).argtypes = ([ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real]
+        getattr(lib, "hsa_backward" + suffix).argtypes = ([ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real, _i64]
                                                           + [_ptr] * 18)
     return lib
 
@@ -162,24 +167,28 @@ class _NativeHSA(torch.autograd.Function):
         pos_slot = None if pos is None else pos.index_select(0, plan.slot_node)
         heads, dim, vdim = q.size(1), q.size(2), v.size(2)
         tree = plan.tree(heads, dim, vdim, pos_slot, include_self)
-        inner, slots = plan.num_inner, plan.parent.numel()
         out = v.new_empty(plan.num_leaves, heads, vdim)
-        rq, rk = q.new_empty(inner, heads, dim), q.new_empty(inner, heads, dim)
-        rv, y = v.new_empty(inner, heads, vdim), plan.borrow("y", (inner, heads, vdim), v)
-        theta = v.new_empty(slots, heads, vdim)
-        e, a, z, u = q.new_empty(4, slots, heads).unbind(0)
+        state = _state_shapes(plan, heads, dim, vdim)
+        recompute = _recomputes(plan, v, vdim)
+        state = {name: plan.borrow(name, shape, q) if recompute else q.new_empty(shape)
+                 for name, shape in state.items()}
+        e, a, z, u = q.new_empty(4, plan.parent.numel(), heads).unbind(0)
+        y = plan.borrow("y", (plan.num_inner, heads, vdim), v)
         getattr(_library(), "hsa_forward" + _suffix(q))(
             ctypes.byref(tree), *map(_address, (q, k, v, pos_slot)), scale,
-            *map(_address, (out, rq, rk, rv, theta, e, a, z, u, y)))
+            *map(_address, (out, *state.values(), e, a, z, u, y)))
         plan.give_back("y", y)
-        ctx.save_for_backward(q, k, v, pos_slot, rq, rk, rv, theta, e, a, z, u)
-        ctx.plan, ctx.include_self, ctx.scale = plan, include_self, scale
+        if recompute:
+            for name, tensor in state.items():
+                plan.give_back(name, tensor)
+        ctx.save_for_backward(q, k, v, pos_slot, e, a, z, u, *(() if recompute else state.values()))
+        ctx.plan, ctx.include_self, ctx.scale, ctx.recompute = plan, include_self, scale, recompute
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        q, k, v, pos_slot, rq, rk, rv, theta, e, a, z, u = ctx.saved_tensors
+        q, k, v, pos_slot, e, a, z, u, *state = ctx.saved_tensors
         plan = ctx.plan
         grad = grad.contiguous()
         heads, dim, vdim = q.size(1), q.size(2), v.size(2)
@@ -189,11 +198,32 @@ class _NativeHSA(torch.autograd.Function):
         inner, slots = plan.num_inner, plan.parent.numel()
         work = {"g": (inner, heads, vdim), "q": (inner, heads, dim), "k": (inner, heads, dim),
                 "v": (inner, heads, vdim), "scalars": (5, slots, heads)}
+        if ctx.recompute:
+            work.update(_state_shapes(plan, heads, dim, vdim))
         work = {name: plan.borrow(name, shape, q) for name, shape in work.items()}
+        if ctx.recompute:
+            state = [work[name] for name in _STATE]
+            e = e.clone()   # computed again in place: the saved tensor stays untouched
         getattr(_library(), "hsa_backward" + _suffix(q))(
-            ctypes.byref(tree), *map(_address, (q, k, v, pos_slot)), ctx.scale,
-            *map(_address, (rq, rk, rv, theta, e, a, z, u, grad, dq, dk, dv, dpos, *work.values())))
+            ctypes.byref(tree), *map(_address, (q, k, v, pos_slot)), ctx.scale, int(ctx.recompute),
+            *map(_address, (*state, e, a, z, u, grad, dq, dk, dv, dpos,
+                            *(work[name] for name in ("g", "q", "k", "v", "scalars")))))
         for name, tensor in work.items():
             plan.give_back(name, tensor)
         grad_pos = None if dpos is None else dpos.index_select(0, plan.node_slot)
         return dq, dk, dv, grad_pos, None, None, None
+
+
+#: The forward pass's node state: inner means of q, k, v and the family summaries of every slot.
+_STATE = ("rq", "rk", "rv", "theta")
+
+
+def _state_shapes(plan: NativePlan, heads: int, dim: int, vdim: int) -> dict[str, tuple[int, ...]]:
+    inner = plan.num_inner
+    return dict(zip(_STATE, ((inner, heads, dim), (inner, heads, dim), (inner, heads, vdim),
+                             (plan.parent.numel(), heads, vdim))))
+
+
+def _recomputes(plan: NativePlan, v: Tensor, vdim: int) -> bool:
+    """Whether the backward pass recomputes the node state instead of the forward pass saving it."""
+    return plan.parent.numel() * v.size(1) * vdim * v.element_size() > RECOMPUTE_BYTES

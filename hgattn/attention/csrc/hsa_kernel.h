@@ -69,53 +69,65 @@ static void FN(mean_of_children)(const Tree *t, const REAL *leaf, const REAL *in
         FN(axpy)(dst, (REAL)(t->count[c] / t->count[s]), FN(row)(t, leaf, inner, c, width), width);
 }
 
-void FN(hsa_forward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
-                     REAL *out, REAL *rq, REAL *rk, REAL *rv, REAL *theta, REAL *e, REAL *a, REAL *z, REAL *u,
-                     REAL *y) {
-    const i64 H = t->heads, D = t->dim, DV = t->vdim, HD = H * D, HDV = H * DV, T = t->num_slots;
-#pragma omp parallel num_threads(t->threads)
-    {
-        REAL *buf = malloc(sizeof(REAL) * (t->max_width > 0 ? t->max_width : 1));
-        /* 1. means of the inner nodes, bottom-up */
-        for (i64 lev = t->num_levels - 1; lev >= 0; --lev) {
+/* Means rq, rk, rv of the inner nodes, bottom-up (inside a parallel region). */
+static void FN(pass_means)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, REAL *rq, REAL *rk, REAL *rv) {
+    const i64 HD = t->heads * t->dim, HDV = t->heads * t->vdim;
+    for (i64 lev = t->num_levels - 1; lev >= 0; --lev) {
 #pragma omp for schedule(static)
-            for (i64 s = t->level_ptr[lev]; s < t->level_ptr[lev + 1]; ++s) {
-                if (t->leaf_row[s] >= 0) continue;
-                i64 r = t->inner_row[s];
-                FN(mean_of_children)(t, q, rq, rq + r * HD, s, HD);
-                FN(mean_of_children)(t, k, rk, rk + r * HD, s, HD);
-                FN(mean_of_children)(t, v, rv, rv + r * HDV, s, HDV);
-            }
+        for (i64 s = t->level_ptr[lev]; s < t->level_ptr[lev + 1]; ++s) {
+            if (t->leaf_row[s] >= 0) continue;
+            i64 r = t->inner_row[s];
+            FN(mean_of_children)(t, q, rq, rq + r * HD, s, HD);
+            FN(mean_of_children)(t, k, rk, rk + r * HD, s, HD);
+            FN(mean_of_children)(t, v, rv, rv + r * HDV, s, HDV);
         }
-        /* 2. family attention: e(B) and theta(B) of every child of every family; roots have no siblings */
+    }
+}
+
+/* Family attention: e(B) and theta(B) of every child of every family; roots have no siblings (inside a
+ * parallel region; buf holds max_width values). */
+static void FN(pass_family)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
+                            const REAL *rq, const REAL *rk, const REAL *rv, REAL *theta, REAL *e, REAL *buf) {
+    const i64 H = t->heads, DV = t->vdim, HDV = H * DV, T = t->num_slots;
 #pragma omp for schedule(static)
-        for (i64 s = t->level_ptr[0]; s < t->level_ptr[1]; ++s) {
-            for (i64 h = 0; h < H; ++h) e[s * H + h] = (REAL)NEG;
-            for (i64 i = 0; i < HDV; ++i) theta[s * HDV + i] = 0;
-        }
+    for (i64 s = t->level_ptr[0]; s < t->level_ptr[1]; ++s) {
+        for (i64 h = 0; h < H; ++h) e[s * H + h] = (REAL)NEG;
+        for (i64 i = 0; i < HDV; ++i) theta[s * HDV + i] = 0;
+    }
 #pragma omp for schedule(dynamic, 16)
-        for (i64 A = 0; A < T; ++A) {
-            const i64 F = t->child_count[A], c0 = t->child_start[A];
-            for (i64 bi = 0; bi < F; ++bi) {
-                const i64 b = c0 + bi;
-                REAL *th = theta + b * HDV;
-                for (i64 i = 0; i < HDV; ++i) th[i] = 0;
-                for (i64 h = 0; h < H; ++h) {
-                    if (F < 2) { e[b * H + h] = (REAL)NEG; continue; }
-                    REAL top = FN(family_logits)(t, q, k, rq, rk, pos, scale, c0, F, bi, h, buf), total = 0;
-                    for (i64 si = 0; si < F; ++si) {
-                        if (si == bi) continue;
-                        buf[si] = EXP(buf[si] - top);
-                        total += buf[si];
-                    }
-                    e[b * H + h] = top + LOG(total);
-                    for (i64 si = 0; si < F; ++si) {
-                        if (si == bi) continue;
-                        FN(axpy)(th + h * DV, buf[si] / total, FN(row)(t, v, rv, c0 + si, HDV) + h * DV, DV);
-                    }
+    for (i64 A = 0; A < T; ++A) {
+        const i64 F = t->child_count[A], c0 = t->child_start[A];
+        for (i64 bi = 0; bi < F; ++bi) {
+            const i64 b = c0 + bi;
+            REAL *th = theta + b * HDV;
+            for (i64 i = 0; i < HDV; ++i) th[i] = 0;
+            for (i64 h = 0; h < H; ++h) {
+                if (F < 2) { e[b * H + h] = (REAL)NEG; continue; }
+                REAL top = FN(family_logits)(t, q, k, rq, rk, pos, scale, c0, F, bi, h, buf), total = 0;
+                for (i64 si = 0; si < F; ++si) {
+                    if (si == bi) continue;
+                    buf[si] = EXP(buf[si] - top);
+                    total += buf[si];
+                }
+                e[b * H + h] = top + LOG(total);
+                for (i64 si = 0; si < F; ++si) {
+                    if (si == bi) continue;
+                    FN(axpy)(th + h * DV, buf[si] / total, FN(row)(t, v, rv, c0 + si, HDV) + h * DV, DV);
                 }
             }
         }
+    }
+}
+
+void FN(hsa_forward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
+                     REAL *out, REAL *rq, REAL *rk, REAL *rv, REAL *theta, REAL *e, REAL *a, REAL *z, REAL *u,
+                     REAL *y) {
+    const i64 H = t->heads, D = t->dim, DV = t->vdim, HD = H * D, HDV = H * DV;
+#pragma omp parallel num_threads(t->threads)
+    {
+        REAL *buf = malloc(sizeof(REAL) * (t->max_width > 0 ? t->max_width : 1));
+        FN(pass_means)(t, q, k, v, rq, rk, rv);
+        FN(pass_family)(t, q, k, v, pos, scale, rq, rk, rv, theta, e, buf);
         /* 3. self masses a and partitions z, bottom-up */
         for (i64 lev = t->num_levels - 1; lev >= 0; --lev) {
 #pragma omp for schedule(static)
@@ -163,12 +175,12 @@ void FN(hsa_forward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v,
 }
 
 /* Gradients of q, k, v (and pos, in slot order) from the output gradient `gout`, with the forward pass's saved
- * state. Work arrays: G [K, H, dv] (summed output gradient below an inner node), drq, drk [K, H, d], drv
+ * state (rq, rk, rv, theta and e computed again into the arrays given when `recompute` is set). Work arrays: G [K, H, dv] (summed output gradient below an inner node), drq, drk [K, H, d], drv
  * [K, H, dv], and scalars [5, T, H]. */
 void FN(hsa_backward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
-                      const REAL *rq, const REAL *rk, const REAL *rv, const REAL *theta, const REAL *e,
-                      const REAL *a, const REAL *z, const REAL *u, const REAL *gout, REAL *dq, REAL *dk, REAL *dv,
-                      REAL *dpos, REAL *G, REAL *drq, REAL *drk, REAL *drv, REAL *scalars) {
+                      i64 recompute, REAL *rq, REAL *rk, REAL *rv, REAL *theta, REAL *e, const REAL *a,
+                      const REAL *z, const REAL *u, const REAL *gout, REAL *dq, REAL *dk, REAL *dv, REAL *dpos,
+                      REAL *G, REAL *drq, REAL *drk, REAL *drv, REAL *scalars) {
     const i64 H = t->heads, D = t->dim, DV = t->vdim, HD = H * D, HDV = H * DV, T = t->num_slots;
     const i64 N = t->num_leaves, K = t->num_inner, PW = t->pos_heads * t->pos_dim;
     REAL *du = scalars, *gain_term = scalars + T * H, *keep_term = scalars + 2 * T * H, *da = scalars + 3 * T * H;
@@ -176,6 +188,10 @@ void FN(hsa_backward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v
 #pragma omp parallel num_threads(t->threads)
     {
         REAL *buf = malloc(sizeof(REAL) * (t->max_width > 0 ? t->max_width : 1));
+        if (recompute) {
+            FN(pass_means)(t, q, k, v, rq, rk, rv);
+            FN(pass_family)(t, q, k, v, pos, scale, rq, rk, rv, theta, e, buf);
+        }
 #pragma omp for schedule(static)
         for (i64 r = 0; r < N; ++r) {
             for (i64 i = 0; i < HD; ++i) dq[r * HD + i] = dk[r * HD + i] = 0;
