@@ -42,7 +42,7 @@ _ptr = ctypes.c_void_p
 class _Tree(ctypes.Structure):
     _fields_ = [(name, _i64) for name in ("num_slots", "num_levels", "num_leaves", "num_inner", "max_width")] + [
         (name, _ptr) for name in ("level_ptr", "parent", "child_start", "child_count", "leaf_row", "inner_row",
-                                  "count", "log_count")] + [
+                                  "pair_ptr", "count", "log_count")] + [
         (name, _i64) for name in ("heads", "dim", "vdim", "pos_heads", "pos_dim", "include_self", "threads")]
 
 
@@ -53,9 +53,10 @@ def _library() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(spec.origin)
     for suffix, real in (("_f32", ctypes.c_float), ("_f64", ctypes.c_double)):
-        getattr(lib, "hsa_forward" + suffix).argtypes = [ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real] + [_ptr] * 10
+        getattr(lib, "hsa_forward" + suffix).argtypes = [ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real] + [_ptr] * 11
+        getattr(lib, "hsa_forward" + suffix).restype = _i64
         getattr(lib, "hsa_backward" + suffix).argtypes = ([ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real, _i64]
-                                                          + [_ptr] * 18)
+                                                          + [_ptr] * 19)
     return lib
 
 
@@ -72,6 +73,7 @@ class NativePlan:
         level_ptr: ``[L + 1]`` slot range of each level.
         parent, child_start, child_count: parent slot (-1 for a root), first child slot, number of children.
         leaf_row, inner_row: leaf row of a leaf slot and inner row of an inner slot (-1 otherwise).
+        pair_ptr: first sibling pair (``bi * F + si`` within a family of ``F``) of the family of each slot.
         count, log_count: leaves below each slot, and their log.
         slot_node, node_slot: node id of each slot, and its inverse.
         max_width: the widest family.
@@ -83,12 +85,14 @@ class NativePlan:
     child_count: Tensor
     leaf_row: Tensor
     inner_row: Tensor
+    pair_ptr: Tensor
     count: Tensor
     log_count: Tensor
     slot_node: Tensor
     node_slot: Tensor
     num_leaves: int
     num_inner: int
+    num_pairs: int
     max_width: int
     workspace: dict = field(default_factory=dict, repr=False)
 
@@ -110,7 +114,7 @@ class NativePlan:
         return _Tree(self.parent.numel(), self.level_ptr.numel() - 1, self.num_leaves, self.num_inner,
                      self.max_width, *(t.data_ptr() for t in (self.level_ptr, self.parent, self.child_start,
                                                               self.child_count, self.leaf_row, self.inner_row,
-                                                              self.count, self.log_count)),
+                                                              self.pair_ptr, self.count, self.log_count)),
                      heads, dim, vdim, 0 if pos is None else pos.size(1), 0 if pos is None else pos.size(2),
                      int(include_self), torch.get_num_threads())
 
@@ -133,9 +137,11 @@ def _build_plan(h: Hierarchy) -> NativePlan:
     child_count = torch.bincount(parent[child], minlength=slots)
     child_start = torch.full((slots,), slots, dtype=torch.long).scatter_reduce_(0, parent[child], child, "amin")
     count = h.leaf_count[slot_node].double()
+    pairs = child_count.square()
+    pair_ptr = torch.cumsum(pairs, 0) - pairs
     return NativePlan(torch.tensor(h.level_ptr, dtype=torch.long), parent, child_start, child_count,
-                      h.node_leaf[slot_node], h.inner_index[slot_node], count, count.log(), slot_node,
-                      h.node_slot, h.num_leaves, h.num_inner, int(child_count.max()))
+                      h.node_leaf[slot_node], h.inner_index[slot_node], pair_ptr, count, count.log(), slot_node,
+                      h.node_slot, h.num_leaves, h.num_inner, int(pairs.sum()), int(child_count.max()))
 
 
 def takes(plan: NativePlan | None, dtype: torch.dtype = torch.float32) -> bool:
@@ -146,10 +152,17 @@ def takes(plan: NativePlan | None, dtype: torch.dtype = torch.float32) -> bool:
 
 
 def hsa_native(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, include_self: bool, plan: NativePlan,
-               scale: float) -> Tensor:
+               scale: float) -> tuple[Tensor, bool]:
     """HSA of prepared inputs (``[N, H, d]`` float32 or float64 CPU tensors, ``pos`` ``[T, H or 1, C]`` by
-    node) with the native kernel; differentiable in all four."""
-    return _NativeHSA.apply(q, k, v, pos, include_self, plan, scale)
+    node) with the native kernel, differentiable in all four; and whether the inputs and the output are all
+    finite (checked by the kernel as it runs)."""
+    status = _Status()
+    out = _NativeHSA.apply(q, k, v, pos, include_self, plan, scale, status)
+    return out, status.finite
+
+
+class _Status:
+    finite = False
 
 
 def _suffix(x: Tensor) -> str:
@@ -162,7 +175,7 @@ def _address(x: Tensor | None) -> int | None:
 
 class _NativeHSA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, pos, include_self, plan, scale):
+    def forward(ctx, q, k, v, pos, include_self, plan, scale, status):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         pos_slot = None if pos is None else pos.index_select(0, plan.slot_node)
         heads, dim, vdim = q.size(1), q.size(2), v.size(2)
@@ -174,9 +187,9 @@ class _NativeHSA(torch.autograd.Function):
                  for name, shape in state.items()}
         e, a, z, u = q.new_empty(4, plan.parent.numel(), heads).unbind(0)
         y = plan.borrow("y", (plan.num_inner, heads, vdim), v)
-        getattr(_library(), "hsa_forward" + _suffix(q))(
+        status.finite = bool(getattr(_library(), "hsa_forward" + _suffix(q))(
             ctypes.byref(tree), *map(_address, (q, k, v, pos_slot)), scale,
-            *map(_address, (out, *state.values(), e, a, z, u, y)))
+            *map(_address, (out, *state.values(), e, a, z, u, y))))
         plan.give_back("y", y)
         if recompute:
             for name, tensor in state.items():
@@ -211,17 +224,18 @@ class _NativeHSA(torch.autograd.Function):
         for name, tensor in work.items():
             plan.give_back(name, tensor)
         grad_pos = None if dpos is None else dpos.index_select(0, plan.node_slot)
-        return dq, dk, dv, grad_pos, None, None, None
+        return dq, dk, dv, grad_pos, None, None, None, None
 
 
-#: The forward pass's node state: inner means of q, k, v and the family summaries of every slot.
-_STATE = ("rq", "rk", "rv", "theta")
+#: The forward pass's node state: inner means of q, k, v, the family summaries of every slot and the family
+#: softmax weights.
+_STATE = ("rq", "rk", "rv", "theta", "W")
 
 
 def _state_shapes(plan: NativePlan, heads: int, dim: int, vdim: int) -> dict[str, tuple[int, ...]]:
     inner = plan.num_inner
     return dict(zip(_STATE, ((inner, heads, dim), (inner, heads, dim), (inner, heads, vdim),
-                             (plan.parent.numel(), heads, vdim))))
+                             (plan.parent.numel(), heads, vdim), (plan.num_pairs, heads))))
 
 
 def _recomputes(plan: NativePlan, v: Tensor, vdim: int) -> bool:

@@ -113,8 +113,9 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
     h = hierarchy
 
     with _compute_precision(q):
-        out = _dispatch(q, k, v, pos, include_self, h, scale)
-    check_finite(inputs, [out], lambda: overflow_cause(q, k, v, pos, h, scale))
+        out, finite = _dispatch(q, k, v, pos, include_self, h, scale)
+    if not finite:
+        check_finite(inputs, [out], lambda: overflow_cause(q, k, v, pos, h, scale))
     out = out.to(out_dtype)
     if one_head:
         out = out.squeeze(1)
@@ -126,18 +127,19 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
 
 
 def _dispatch(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, include_self: bool, h: Hierarchy,
-              scale: float) -> Tensor:
-    """The kernel for prepared inputs: the native one on the CPU (float32/64, families up to its width), else
-    the dense groups for small trees and the DP for the rest (the DP alone under ``torch.compile``)."""
-    if torch.compiler.is_compiling():
-        return dp.hsa_dp(q, k, v, pos, self_logits(q, k, pos, h, scale) if include_self else None, h, scale)
-    plan = native.native_plan(h)
-    if native.takes(plan, q.dtype):
-        return native.hsa_native(q, k, v, pos, include_self, plan, scale)
-    plan = dense_plan(h)
-    if plan is not None:   # the dense groups read their self logits off their family logits
-        return hsa_dense(q, k, v, pos, include_self, h, plan, scale)
-    return dp.hsa_dp(q, k, v, pos, self_logits(q, k, pos, h, scale) if include_self else None, h, scale)
+              scale: float) -> tuple[Tensor, bool]:
+    """HSA of prepared inputs by the kernel that fits them, and whether that kernel found the inputs and the
+    output all finite (False: not checked). The native kernel on the CPU (float32/64, families up to its
+    width) checks as it runs; else the dense groups take the small trees and the DP the rest (the DP alone
+    under ``torch.compile``)."""
+    if not torch.compiler.is_compiling():
+        plan = native.native_plan(h)
+        if native.takes(plan, q.dtype):
+            return native.hsa_native(q, k, v, pos, include_self, plan, scale)
+        plan = dense_plan(h)
+        if plan is not None:   # the dense groups read their self logits off their family logits
+            return hsa_dense(q, k, v, pos, include_self, h, plan, scale), False
+    return dp.hsa_dp(q, k, v, pos, self_logits(q, k, pos, h, scale) if include_self else None, h, scale), False
 
 
 def hsa_attention(query: Tensor, key: Tensor, hierarchy: Hierarchy, *, pos: Tensor | None = None,

@@ -84,10 +84,12 @@ static void FN(pass_means)(const Tree *t, const REAL *q, const REAL *k, const RE
     }
 }
 
-/* Family attention: e(B) and theta(B) of every child of every family; roots have no siblings (inside a
- * parallel region; buf holds max_width values). */
+/* Family attention: e(B), theta(B) and the softmax weights W of every child of every family (W[pair, h], the
+ * pairs of the family of A at pair_ptr[A] + bi * F + si); roots have no siblings (inside a parallel region;
+ * buf holds max_width values). */
 static void FN(pass_family)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
-                            const REAL *rq, const REAL *rk, const REAL *rv, REAL *theta, REAL *e, REAL *buf) {
+                            const REAL *rq, const REAL *rk, const REAL *rv, REAL *theta, REAL *e, REAL *W,
+                            REAL *buf) {
     const i64 H = t->heads, DV = t->vdim, HDV = H * DV, T = t->num_slots;
 #pragma omp for schedule(static)
     for (i64 s = t->level_ptr[0]; s < t->level_ptr[1]; ++s) {
@@ -110,24 +112,39 @@ static void FN(pass_family)(const Tree *t, const REAL *q, const REAL *k, const R
                     total += buf[si];
                 }
                 e[b * H + h] = top + LOG(total);
+                REAL *w = W + (t->pair_ptr[A] + bi * F) * H + h;
+                w[bi * H] = 0;
                 for (i64 si = 0; si < F; ++si) {
                     if (si == bi) continue;
-                    FN(axpy)(th + h * DV, buf[si] / total, FN(row)(t, v, rv, c0 + si, HDV) + h * DV, DV);
+                    w[si * H] = buf[si] / total;
+                    FN(axpy)(th + h * DV, w[si * H], FN(row)(t, v, rv, c0 + si, HDV) + h * DV, DV);
                 }
             }
         }
     }
 }
 
-void FN(hsa_forward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
-                     REAL *out, REAL *rq, REAL *rk, REAL *rv, REAL *theta, REAL *e, REAL *a, REAL *z, REAL *u,
-                     REAL *y) {
+/* sum of x * 0 over n values (inside a parallel region): 0 when all are finite, NaN otherwise. */
+static void FN(add_nonfinite)(const REAL *x, i64 n, REAL *flag) {
+    const i64 threads = omp_get_num_threads(), id = omp_get_thread_num();
+    REAL acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (i64 i = n * id / threads; i < n * (id + 1) / threads; ++i) acc += x[i] * 0;
+#pragma omp atomic
+    *flag += acc;
+}
+
+/* The forward pass; returns whether q, k, v, pos and the output are all finite. */
+i64 FN(hsa_forward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
+                     REAL *out, REAL *rq, REAL *rk, REAL *rv, REAL *theta, REAL *W, REAL *e, REAL *a, REAL *z,
+                     REAL *u, REAL *y) {
     const i64 H = t->heads, D = t->dim, DV = t->vdim, HD = H * D, HDV = H * DV;
+    REAL flag = 0;
 #pragma omp parallel num_threads(t->threads)
     {
         REAL *buf = malloc(sizeof(REAL) * (t->max_width > 0 ? t->max_width : 1));
         FN(pass_means)(t, q, k, v, rq, rk, rv);
-        FN(pass_family)(t, q, k, v, pos, scale, rq, rk, rv, theta, e, buf);
+        FN(pass_family)(t, q, k, v, pos, scale, rq, rk, rv, theta, e, W, buf);
         /* 3. self masses a and partitions z, bottom-up */
         for (i64 lev = t->num_levels - 1; lev >= 0; --lev) {
 #pragma omp for schedule(static)
@@ -170,15 +187,21 @@ void FN(hsa_forward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v,
                 }
             }
         }
+        FN(add_nonfinite)(q, t->num_leaves * HD, &flag);
+        FN(add_nonfinite)(k, t->num_leaves * HD, &flag);
+        FN(add_nonfinite)(v, t->num_leaves * HDV, &flag);
+        FN(add_nonfinite)(out, t->num_leaves * HDV, &flag);
+        if (pos) FN(add_nonfinite)(pos, t->num_slots * t->pos_heads * t->pos_dim, &flag);
         free(buf);
     }
+    return flag == 0;
 }
 
 /* Gradients of q, k, v (and pos, in slot order) from the output gradient `gout`, with the forward pass's saved
- * state (rq, rk, rv, theta and e computed again into the arrays given when `recompute` is set). Work arrays: G [K, H, dv] (summed output gradient below an inner node), drq, drk [K, H, d], drv
+ * state (rq, rk, rv, theta, W and e computed again into the arrays given when `recompute` is set). Work arrays: G [K, H, dv] (summed output gradient below an inner node), drq, drk [K, H, d], drv
  * [K, H, dv], and scalars [5, T, H]. */
 void FN(hsa_backward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
-                      i64 recompute, REAL *rq, REAL *rk, REAL *rv, REAL *theta, REAL *e, const REAL *a,
+                      i64 recompute, REAL *rq, REAL *rk, REAL *rv, REAL *theta, REAL *W, REAL *e, const REAL *a,
                       const REAL *z, const REAL *u, const REAL *gout, REAL *dq, REAL *dk, REAL *dv, REAL *dpos,
                       REAL *G, REAL *drq, REAL *drk, REAL *drv, REAL *scalars) {
     const i64 H = t->heads, D = t->dim, DV = t->vdim, HD = H * D, HDV = H * DV, T = t->num_slots;
@@ -190,7 +213,7 @@ void FN(hsa_backward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v
         REAL *buf = malloc(sizeof(REAL) * (t->max_width > 0 ? t->max_width : 1));
         if (recompute) {
             FN(pass_means)(t, q, k, v, rq, rk, rv);
-            FN(pass_family)(t, q, k, v, pos, scale, rq, rk, rv, theta, e, buf);
+            FN(pass_family)(t, q, k, v, pos, scale, rq, rk, rv, theta, e, W, buf);
         }
 #pragma omp for schedule(static)
         for (i64 r = 0; r < N; ++r) {
@@ -273,11 +296,11 @@ void FN(hsa_backward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v
                     const i64 bh = b * H + h;
                     const REAL gain = EXP(u[bh] + e[bh] - z[bh]);
                     if (gain == 0 && de[bh] == 0) continue;
-                    FN(family_logits)(t, q, k, rq, rk, pos, scale, c0, F, bi, h, buf);
+                    const REAL *wb = W + (t->pair_ptr[A] + bi * F) * H + h;
                     for (i64 si = 0; si < F; ++si) {
                         if (si == bi) continue;
                         const i64 s = c0 + si;
-                        const REAL w = EXP(buf[si] - e[bh]);
+                        const REAL w = wb[si * H];
                         const REAL dl = w * (gain * FN(dot)(g + h * DV, FN(row)(t, v, rv, s, HDV) + h * DV, DV)
                                              - gain_term[bh] + de[bh]);
                         FN(axpy)(dqb + h * D, scale * dl, FN(row)(t, k, rk, s, HD) + h * D, D);

@@ -1,6 +1,7 @@
 /* hgattn's native CPU kernel: the HSA dynamic programme, forward and backward, fused per tree level with
  * OpenMP. Loaded with ctypes by hgattn/attention/native.py (plain C: no Python or torch headers). */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -18,6 +19,7 @@ typedef struct {
     const i64 *child_count; /* [T] number of children (0 for a leaf) */
     const i64 *leaf_row;    /* [T] leaf row, -1 for an inner node */
     const i64 *inner_row;   /* [T] inner row, -1 for a leaf */
+    const i64 *pair_ptr;    /* [T] first sibling pair of the family of each slot (sum of the squared widths before) */
     const double *count;    /* [T] leaves below */
     const double *log_count;
     i64 heads, dim, vdim, pos_heads, pos_dim, include_self, threads;
