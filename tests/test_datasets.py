@@ -540,3 +540,16 @@ def test_bbc_news_takes_the_tree_builder_as_pre_transform(bbc_subset, tmp_path):
     assert legacy.processed_paths == flat.processed_paths
     with pytest.raises(ValueError, match="not both"):
         BBCNews(str(tmp_path), pre_transform=TextHierarchy(), levels=())
+
+
+@pytest.mark.parametrize("model", ["gps-hsa", "gps-fsa"])
+def test_molecule_graph_transformers_train_on_real_molecules(tmp_path, model):
+    from hgattn.train import TrainConfig, train
+    from hgattn.train.tasks import load_task
+
+    source = _ogb_source("ogbg_molbace")
+    config = TrainConfig(task="ogbg-molbace", model=model, epochs=1, batch_size=32, hidden=16, heads=2,
+                         layers=1, max_graphs=160, source=str(source), data_root=str(tmp_path / "data"),
+                         out_dir=str(tmp_path / "runs"))
+    result = train(load_task(config), config)
+    assert result["model"] == model and 0 <= result["test_roc_auc"] <= 1

@@ -29,8 +29,9 @@ __all__ = ["available", "NativePlan", "native_plan", "takes", "hsa_native", "MAX
 
 #: Widest family the native kernel takes (its family attention is a scalar loop, ``O(F^2 d)`` per family).
 MAX_WIDTH = 64
-#: Above this size of the family summaries (bytes), the forward pass keeps only per-head scalars for the
-#: backward pass, which computes the node means and summaries again in cached work arrays: glibc serves
+#: Above this size of the node state (bytes: the inner nodes' means and the sibling pairs' softmax weights),
+#: the forward pass keeps only per-head scalars for the backward pass, which computes the state again in
+#: cached work arrays: glibc serves
 #: allocations beyond 32 MB with fresh pages, and on this project's CPU machine faulting them in cost more
 #: than the recomputation (1M leaves: ~0.4 s per GB, and more in a process's first steps).
 RECOMPUTE_BYTES = 32 << 20
@@ -53,10 +54,10 @@ def _library() -> ctypes.CDLL | None:
         return None
     lib = ctypes.CDLL(spec.origin)
     for suffix, real in (("_f32", ctypes.c_float), ("_f64", ctypes.c_double)):
-        getattr(lib, "hsa_forward" + suffix).argtypes = [ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real] + [_ptr] * 11
+        getattr(lib, "hsa_forward" + suffix).argtypes = [ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real] + [_ptr] * 10
         getattr(lib, "hsa_forward" + suffix).restype = _i64
         getattr(lib, "hsa_backward" + suffix).argtypes = ([ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real, _i64]
-                                                          + [_ptr] * 19)
+                                                          + [_ptr] * 18)
     return lib
 
 
@@ -182,15 +183,15 @@ class _NativeHSA(torch.autograd.Function):
         tree = plan.tree(heads, dim, vdim, pos_slot, include_self)
         out = v.new_empty(plan.num_leaves, heads, vdim)
         state = _state_shapes(plan, heads, dim, vdim)
-        recompute = _recomputes(plan, v, vdim)
+        recompute = _recomputes(plan, v, dim, vdim)
         state = {name: plan.borrow(name, shape, q) if recompute else q.new_empty(shape)
                  for name, shape in state.items()}
         e, a, z, u = q.new_empty(4, plan.parent.numel(), heads).unbind(0)
-        y = plan.borrow("y", (plan.num_inner, heads, vdim), v)
+        y = plan.borrow("g", (plan.num_inner, heads, vdim), v)   # the backward pass's "g" in between
         status.finite = bool(getattr(_library(), "hsa_forward" + _suffix(q))(
             ctypes.byref(tree), *map(_address, (q, k, v, pos_slot)), scale,
             *map(_address, (out, *state.values(), e, a, z, u, y))))
-        plan.give_back("y", y)
+        plan.give_back("g", y)
         if recompute:
             for name, tensor in state.items():
                 plan.give_back(name, tensor)
@@ -227,17 +228,18 @@ class _NativeHSA(torch.autograd.Function):
         return dq, dk, dv, grad_pos, None, None, None, None
 
 
-#: The forward pass's node state: inner means of q, k, v, the family summaries of every slot and the family
-#: softmax weights.
-_STATE = ("rq", "rk", "rv", "theta", "W")
+#: The forward pass's node state: inner means of q, k, v and the softmax weights of the sibling pairs (the
+#: family summaries are formed from them where needed, never stored).
+_STATE = ("rq", "rk", "rv", "W")
 
 
 def _state_shapes(plan: NativePlan, heads: int, dim: int, vdim: int) -> dict[str, tuple[int, ...]]:
     inner = plan.num_inner
     return dict(zip(_STATE, ((inner, heads, dim), (inner, heads, dim), (inner, heads, vdim),
-                             (plan.parent.numel(), heads, vdim), (plan.num_pairs, heads))))
+                             (plan.num_pairs, heads))))
 
 
-def _recomputes(plan: NativePlan, v: Tensor, vdim: int) -> bool:
+def _recomputes(plan: NativePlan, v: Tensor, dim: int, vdim: int) -> bool:
     """Whether the backward pass recomputes the node state instead of the forward pass saving it."""
-    return plan.parent.numel() * v.size(1) * vdim * v.element_size() > RECOMPUTE_BYTES
+    values = (plan.num_inner * (2 * dim + vdim) + plan.num_pairs) * v.size(1)
+    return values * v.element_size() > RECOMPUTE_BYTES

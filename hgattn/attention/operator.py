@@ -1,7 +1,9 @@
 """The public HSA operator: input validation once, then dispatch to the kernel that fits the input.
 
-Kernels: the dynamic programme over family blocks (:mod:`hgattn.attention.dp`, any tree), and column-tied /
-causal HSA (:mod:`hgattn.attention.column_tied`). The factored attention matrix (:class:`HSAAttention`) is
+Kernels: the native CPU kernel (:mod:`hgattn.attention.native`, families up to its width), the batched dense
+kernel for forests of small trees (:mod:`hgattn.attention.dense`), the dynamic programme over family blocks
+(:mod:`hgattn.attention.dp`, any tree, any device), and column-tied / causal HSA
+(:mod:`hgattn.attention.column_tied`). The factored attention matrix (:class:`HSAAttention`) is
 computed with plain autograd ops over the sibling pairs.
 """
 from __future__ import annotations

@@ -49,6 +49,10 @@ class HSAGPSConv(torch.nn.Module):
         act_kwargs (Dict[str, Any], optional): Arguments of the activation. (default: ``None``)
         norm (str or Callable, optional): Normalization. (default: ``"batch_norm"``)
         norm_kwargs (Dict[str, Any], optional): Arguments of the normalization. (default: ``None``)
+        attention (type, optional): The global attention layer class, built as
+            ``attention(channels, channels // heads, heads=heads, concat=True, **attn_kwargs)``:
+            :class:`~hgattn.nn.HSAConv`, or :class:`~hgattn.nn.FlatSoftmaxConv` for dense softmax attention over
+            each tree's leaves (GraphGPS's global attention; its ``pos`` is per leaf). (default: ``HSAConv``)
         attn_kwargs (Dict[str, Any], optional): Arguments of the :class:`~hgattn.nn.HSAConv` global attention
             (e.g. ``include_self``, ``pos_channels``, ``dropout``). (default: ``None``)
 
@@ -70,6 +74,7 @@ class HSAGPSConv(torch.nn.Module):
         norm: str | Callable | None = "batch_norm",
         norm_kwargs: dict[str, Any] | None = None,
         attn_kwargs: dict[str, Any] | None = None,
+        attention: type[HSAConv] = HSAConv,
     ) -> None:
         super().__init__()
         if channels % heads != 0:
@@ -80,7 +85,7 @@ class HSAGPSConv(torch.nn.Module):
         self.dropout = dropout
         attn_kwargs = dict(attn_kwargs or {})
         attn_kwargs.setdefault("root_weight", False)
-        self.attn = HSAConv(channels, channels // heads, heads=heads, concat=True, **attn_kwargs)
+        self.attn = attention(channels, channels // heads, heads=heads, concat=True, **attn_kwargs)
         self.lin_attn = Linear(channels, channels)
         self.mlp = Sequential(
             Linear(channels, channels * 2),
@@ -163,6 +168,8 @@ class GraphHSATransformer(torch.nn.Module):
         dropout (float, optional): Dropout in the layers and the head. (default: ``0.``)
         norm (str, optional): Normalization of the layers. (default: ``"batch_norm"``)
         attn_kwargs (Dict[str, Any], optional): Arguments of the :class:`~hgattn.nn.HSAConv` attention.
+        attention (type, optional): The attention layer class of every layer (:class:`HSAGPSConv`).
+            (default: ``HSAConv``)
 
     Shapes:
         - **input:** node features :math:`(N, F)`, edge indices, :class:`~hgattn.Hierarchy` over the nodes,
@@ -186,6 +193,7 @@ class GraphHSATransformer(torch.nn.Module):
         dropout: float = 0.0,
         norm: str | None = "batch_norm",
         attn_kwargs: dict[str, Any] | None = None,
+        attention: type[HSAConv] = HSAConv,
     ) -> None:
         super().__init__()
         if task not in ("node", "graph"):
@@ -203,7 +211,7 @@ class GraphHSATransformer(torch.nn.Module):
         self.encoder = Linear(in_channels, hidden_channels)
         self.layers = torch.nn.ModuleList([
             HSAGPSConv(hidden_channels, _local_conv(conv, hidden_channels), heads=heads, dropout=dropout,
-                       norm=norm, attn_kwargs=attn_kwargs)
+                       norm=norm, attn_kwargs=attn_kwargs, attention=attention)
             for _ in range(num_layers)
         ])
         self.head = MLP([hidden_channels, hidden_channels, out_channels], dropout=dropout, norm=None)

@@ -304,12 +304,13 @@ def node_task(name: str, graph: HeteroData, num_classes: int,
 
 
 # ---------------------------------------------------------------- OGB molecules
-MOLECULE_MODELS = ("gcn", "gin", "gps-hsa")
+MOLECULE_MODELS = ("gcn", "gin", "gps-hsa", "gps-fsa")
 
 
 def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
     """An ``ogbg-mol*`` dataset with OGB's scaffold split and ``Evaluator``: GCN / GIN (OGB's AtomEncoder)
-    against the HSA graph transformer over MoleculeHierarchy trees. ``max_graphs`` keeps a seeded random
+    against the HSA graph transformer over MoleculeHierarchy trees (``gps-hsa``) and the same transformer with
+    dense softmax attention over each molecule's atoms (``gps-fsa``, GraphGPS's layer). ``max_graphs`` keeps a seeded random
     subset of each split part, in proportion to its size (OGB's scaffold split puts its validation molecules
     late in the file, so the first molecules alone would have none)."""
 
@@ -324,7 +325,7 @@ def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
         splits = _non_empty_splits(name, dataset, f"max_graphs={config.max_graphs}")
 
         def build(model: str, cfg: TrainConfig) -> torch.nn.Module:
-            if model == "gps-hsa":
+            if model in ("gps-hsa", "gps-fsa"):
                 return MoleculeHSATransformer(
                     cfg.hidden,
                     dataset.num_tasks,
@@ -332,6 +333,7 @@ def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
                     heads=cfg.heads,
                     pos_channels=dataset.pos_dim,
                     dropout=cfg.dropout,
+                    flat=model == "gps-fsa",
                 )
             return MoleculeGNN(
                 cfg.hidden, dataset.num_tasks, conv=model, num_layers=cfg.layers, dropout=cfg.dropout
@@ -345,7 +347,7 @@ def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
                                  f"(max_graphs={config.max_graphs}): {error}; use more graphs") from error
 
         return Task(name, "graph", "bce", "roc_auc", dataset.num_tasks, build, evaluate, splits=splits,
-                    hierarchy_in_collate=config.model == "gps-hsa")
+                    hierarchy_in_collate=config.model in ("gps-hsa", "gps-fsa"))
 
     return load
 

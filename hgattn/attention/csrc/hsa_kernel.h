@@ -57,6 +57,26 @@ static REAL FN(family_logits)(const Tree *t, const REAL *q, const REAL *k, const
     return top;
 }
 
+/* d += gain * theta(s) for head h, theta(s) = sum_S W(s, S) rv(S) over the siblings S of slot s. */
+static void FN(add_summary)(const Tree *t, const REAL *v, const REAL *rv, const REAL *W, i64 s, i64 h, REAL gain,
+                            REAL *d) {
+    const i64 p = t->parent[s], c0 = t->child_start[p], F = t->child_count[p], H = t->heads, DV = t->vdim;
+    const REAL *w = W + (t->pair_ptr[p] + (s - c0) * F) * H + h;
+    for (i64 si = 0; si < F; ++si)
+        if (c0 + si != s) FN(axpy)(d, gain * w[si * H], FN(row)(t, v, rv, c0 + si, H * DV) + h * DV, DV);
+}
+
+/* <g, theta(s)> for head h (g: DV values). */
+static REAL FN(summary_dot)(const Tree *t, const REAL *v, const REAL *rv, const REAL *W, i64 s, i64 h,
+                            const REAL *g) {
+    const i64 p = t->parent[s], c0 = t->child_start[p], F = t->child_count[p], H = t->heads, DV = t->vdim;
+    const REAL *w = W + (t->pair_ptr[p] + (s - c0) * F) * H + h;
+    REAL acc = 0;
+    for (i64 si = 0; si < F; ++si)
+        if (c0 + si != s) acc += w[si * H] * FN(dot)(g, FN(row)(t, v, rv, c0 + si, H * DV) + h * DV, DV);
+    return acc;
+}
+
 static inline int FN(has_sibling)(const Tree *t, i64 s) {
     i64 p = t->parent[s];
     return p >= 0 && t->child_count[p] >= 2;
@@ -84,25 +104,20 @@ static void FN(pass_means)(const Tree *t, const REAL *q, const REAL *k, const RE
     }
 }
 
-/* Family attention: e(B), theta(B) and the softmax weights W of every child of every family (W[pair, h], the
- * pairs of the family of A at pair_ptr[A] + bi * F + si); roots have no siblings (inside a parallel region;
- * buf holds max_width values). */
-static void FN(pass_family)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
-                            const REAL *rq, const REAL *rk, const REAL *rv, REAL *theta, REAL *e, REAL *W,
-                            REAL *buf) {
-    const i64 H = t->heads, DV = t->vdim, HDV = H * DV, T = t->num_slots;
+/* Family attention: e(B) and the softmax weights W of every child of every family (W[pair, h], the pairs of
+ * the family of A at pair_ptr[A] + bi * F + si; the summary theta(B) = sum_S W(B, S) rv(S) is never stored);
+ * roots have no siblings (inside a parallel region; buf holds max_width values). */
+static void FN(pass_family)(const Tree *t, const REAL *q, const REAL *k, const REAL *pos, REAL scale,
+                            const REAL *rq, const REAL *rk, REAL *e, REAL *W, REAL *buf) {
+    const i64 H = t->heads, T = t->num_slots;
 #pragma omp for schedule(static)
-    for (i64 s = t->level_ptr[0]; s < t->level_ptr[1]; ++s) {
+    for (i64 s = t->level_ptr[0]; s < t->level_ptr[1]; ++s)
         for (i64 h = 0; h < H; ++h) e[s * H + h] = (REAL)NEG;
-        for (i64 i = 0; i < HDV; ++i) theta[s * HDV + i] = 0;
-    }
 #pragma omp for schedule(dynamic, 16)
     for (i64 A = 0; A < T; ++A) {
         const i64 F = t->child_count[A], c0 = t->child_start[A];
         for (i64 bi = 0; bi < F; ++bi) {
             const i64 b = c0 + bi;
-            REAL *th = theta + b * HDV;
-            for (i64 i = 0; i < HDV; ++i) th[i] = 0;
             for (i64 h = 0; h < H; ++h) {
                 if (F < 2) { e[b * H + h] = (REAL)NEG; continue; }
                 REAL top = FN(family_logits)(t, q, k, rq, rk, pos, scale, c0, F, bi, h, buf), total = 0;
@@ -114,11 +129,8 @@ static void FN(pass_family)(const Tree *t, const REAL *q, const REAL *k, const R
                 e[b * H + h] = top + LOG(total);
                 REAL *w = W + (t->pair_ptr[A] + bi * F) * H + h;
                 w[bi * H] = 0;
-                for (i64 si = 0; si < F; ++si) {
-                    if (si == bi) continue;
-                    w[si * H] = buf[si] / total;
-                    FN(axpy)(th + h * DV, w[si * H], FN(row)(t, v, rv, c0 + si, HDV) + h * DV, DV);
-                }
+                for (i64 si = 0; si < F; ++si)
+                    if (si != bi) w[si * H] = buf[si] / total;
             }
         }
     }
@@ -136,7 +148,7 @@ static void FN(add_nonfinite)(const REAL *x, i64 n, REAL *flag) {
 
 /* The forward pass; returns whether q, k, v, pos and the output are all finite. */
 i64 FN(hsa_forward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
-                     REAL *out, REAL *rq, REAL *rk, REAL *rv, REAL *theta, REAL *W, REAL *e, REAL *a, REAL *z,
+                     REAL *out, REAL *rq, REAL *rk, REAL *rv, REAL *W, REAL *e, REAL *a, REAL *z,
                      REAL *u, REAL *y) {
     const i64 H = t->heads, D = t->dim, DV = t->vdim, HD = H * D, HDV = H * DV;
     REAL flag = 0;
@@ -144,7 +156,7 @@ i64 FN(hsa_forward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, 
     {
         REAL *buf = malloc(sizeof(REAL) * (t->max_width > 0 ? t->max_width : 1));
         FN(pass_means)(t, q, k, v, rq, rk, rv);
-        FN(pass_family)(t, q, k, v, pos, scale, rq, rk, rv, theta, e, W, buf);
+        FN(pass_family)(t, q, k, pos, scale, rq, rk, e, W, buf);
         /* 3. self masses a and partitions z, bottom-up */
         for (i64 lev = t->num_levels - 1; lev >= 0; --lev) {
 #pragma omp for schedule(static)
@@ -182,7 +194,7 @@ i64 FN(hsa_forward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, 
                     const REAL gain = sib ? EXP(reach + e[sh] - z[sh]) : 0;
                     REAL *d = dst + h * DV;
                     for (i64 i = 0; i < DV; ++i) d[i] = up ? up[h * DV + i] : 0;
-                    if (sib) FN(axpy)(d, gain, theta + s * HDV + h * DV, DV);
+                    if (sib) FN(add_summary)(t, v, rv, W, s, h, gain, d);
                     if (r >= 0 && t->include_self) FN(axpy)(d, EXP(reach + a[sh] - z[sh]), v + r * HDV + h * DV, DV);
                 }
             }
@@ -198,10 +210,10 @@ i64 FN(hsa_forward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, 
 }
 
 /* Gradients of q, k, v (and pos, in slot order) from the output gradient `gout`, with the forward pass's saved
- * state (rq, rk, rv, theta, W and e computed again into the arrays given when `recompute` is set). Work arrays: G [K, H, dv] (summed output gradient below an inner node), drq, drk [K, H, d], drv
+ * state (rq, rk, rv, W and e computed again into the arrays given when `recompute` is set). Work arrays: G [K, H, dv] (summed output gradient below an inner node), drq, drk [K, H, d], drv
  * [K, H, dv], and scalars [5, T, H]. */
 void FN(hsa_backward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
-                      i64 recompute, REAL *rq, REAL *rk, REAL *rv, REAL *theta, REAL *W, REAL *e, const REAL *a,
+                      i64 recompute, REAL *rq, REAL *rk, REAL *rv, REAL *W, REAL *e, const REAL *a,
                       const REAL *z, const REAL *u, const REAL *gout, REAL *dq, REAL *dk, REAL *dv, REAL *dpos,
                       REAL *G, REAL *drq, REAL *drk, REAL *drv, REAL *scalars) {
     const i64 H = t->heads, D = t->dim, DV = t->vdim, HD = H * D, HDV = H * DV, T = t->num_slots;
@@ -213,7 +225,7 @@ void FN(hsa_backward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v
         REAL *buf = malloc(sizeof(REAL) * (t->max_width > 0 ? t->max_width : 1));
         if (recompute) {
             FN(pass_means)(t, q, k, v, rq, rk, rv);
-            FN(pass_family)(t, q, k, v, pos, scale, rq, rk, rv, theta, e, W, buf);
+            FN(pass_family)(t, q, k, pos, scale, rq, rk, e, W, buf);
         }
 #pragma omp for schedule(static)
         for (i64 r = 0; r < N; ++r) {
@@ -245,7 +257,7 @@ void FN(hsa_backward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v
                 for (i64 h = 0; h < H; ++h) {
                     const i64 sh = s * H + h;
                     REAL gt = 0, kt = 0, below = 0;
-                    if (sib) gt = EXP(u[sh] + e[sh] - z[sh]) * FN(dot)(g + h * DV, theta + s * HDV + h * DV, DV);
+                    if (sib) gt = EXP(u[sh] + e[sh] - z[sh]) * FN(summary_dot)(t, v, rv, W, s, h, g + h * DV);
                     if (r >= 0 && t->include_self) {
                         const REAL keep = EXP(u[sh] + a[sh] - z[sh]);
                         kt = keep * FN(dot)(g + h * DV, v + r * HDV + h * DV, DV);

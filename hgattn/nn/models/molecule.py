@@ -10,6 +10,8 @@ from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import reset
 
 from ...batching import batch_hierarchy
+from ..conv import HSAConv
+from ..flat import FlatSoftmaxConv
 from ..gps import GraphHSATransformer
 from .tree import tree_positions
 
@@ -73,7 +75,9 @@ class MoleculeGNN(torch.nn.Module):
 class MoleculeHSATransformer(torch.nn.Module):
     """``AtomEncoder`` followed by :class:`~hgattn.nn.GraphHSATransformer` (GIN local layers, HSA over the
     molecule -> junction-tree cliques -> atoms tree of :class:`~hgattn.transforms.MoleculeHierarchy`, with its
-    Laplacian positions), mean pooled per molecule.
+    Laplacian positions), mean pooled per molecule. With ``flat=True`` the global attention is dense softmax over
+    each molecule's atoms instead (:class:`~hgattn.nn.FlatSoftmaxConv`, the atoms' positions): GraphGPS's
+    GIN + multi-head attention layer, the FSA baseline.
 
     Shapes: a batch of ``B`` molecule trees to logits ``[B, num_tasks]``.
     """
@@ -86,10 +90,12 @@ class MoleculeHSATransformer(torch.nn.Module):
         heads: int = 4,
         pos_channels: int = 4,
         dropout: float = 0.2,
+        flat: bool = False,
     ) -> None:
         super().__init__()
         from ogb.graphproppred.mol_encoder import AtomEncoder
 
+        self.flat = flat
         self.atom_encoder = AtomEncoder(channels)
         self.model = GraphHSATransformer(
             channels,
@@ -101,6 +107,7 @@ class MoleculeHSATransformer(torch.nn.Module):
             conv="gin",
             dropout=dropout,
             attn_kwargs={"pos_channels": pos_channels},
+            attention=FlatSoftmaxConv if flat else HSAConv,
         )
 
     def reset_parameters(self) -> None:
@@ -111,6 +118,8 @@ class MoleculeHSATransformer(torch.nn.Module):
         atoms = data["atom"]
         hierarchy = batch_hierarchy(data, atoms.x.device)
         pos = hierarchy.node_features(tree_positions(data, hierarchy))
+        if self.flat:
+            pos = pos[hierarchy.leaf_node]
         return self.model(
             self.atom_encoder(atoms.x),
             data["atom", "bond", "atom"].edge_index,
