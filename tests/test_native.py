@@ -108,3 +108,15 @@ def test_recomputing_the_node_state_in_the_backward_pass_gives_the_same_gradient
         results.append([out, *torch.autograd.grad(out.square().sum(), (q, k, v, pos))])
     for saved, recomputed in zip(*results):
         torch.testing.assert_close(saved, recomputed, rtol=0, atol=0)
+
+
+def test_calls_that_would_not_fit_in_memory_go_to_the_dp(monkeypatch) -> None:
+    calls = count_native_calls(monkeypatch)
+    h = Hierarchy.from_windows(200, 4)
+    q = torch.randn(200, 2, 8, dtype=torch.float64)
+    monkeypatch.setattr(native, "MEMORY_CHECK_BYTES", 0)
+    assert native.fits_in_memory(native.native_plan(h), 2, 8, 8, 8)
+    monkeypatch.setattr(native, "MEMORY_MARGIN", float("inf"))
+    out = hsa(q, q, q, h, include_self=True)
+    assert not calls
+    torch.testing.assert_close(out, hsa_reference(q, q, q, h, include_self=True), rtol=1e-10, atol=1e-12)

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from ..hierarchy import Hierarchy
 
-__all__ = ["available", "NativePlan", "native_plan", "takes", "hsa_native", "MAX_WIDTH"]
+__all__ = ["available", "NativePlan", "native_plan", "takes", "fits_in_memory", "hsa_native", "MAX_WIDTH"]
 
 #: Widest family the native kernel takes (its family attention is a scalar loop, ``O(F^2 d)`` per family).
 MAX_WIDTH = 64
@@ -35,6 +35,11 @@ MAX_WIDTH = 64
 #: allocations beyond 32 MB with fresh pages, and on this project's CPU machine faulting them in cost more
 #: than the recomputation (1M leaves: ~0.4 s per GB, and more in a process's first steps).
 RECOMPUTE_BYTES = 32 << 20
+#: Factor on the kernel's estimated memory that must be available for it to run; otherwise the PyTorch DP,
+#: which processes the heads in groups when its inner state is large, takes the call.
+MEMORY_MARGIN = 1.15
+#: Calls needing less memory than this (bytes) run without asking the system what is available.
+MEMORY_CHECK_BYTES = 1 << 30
 
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
@@ -143,6 +148,25 @@ def _build_plan(h: Hierarchy) -> NativePlan:
     return NativePlan(torch.tensor(h.level_ptr, dtype=torch.long), parent, child_start, child_count,
                       h.node_leaf[slot_node], h.inner_index[slot_node], pair_ptr, count, count.log(), slot_node,
                       h.node_slot, h.num_leaves, h.num_inner, int(pairs.sum()), int(child_count.max()))
+
+
+def fits_in_memory(plan: NativePlan, heads: int, dim: int, vdim: int, itemsize: int) -> bool:
+    """Whether one forward and backward pass of the kernel (outputs, gradients, node state and work arrays,
+    less the work arrays already cached on the plan) fit in the memory the system reports available, with a
+    margin of :data:`MEMORY_MARGIN`; always True below :data:`MEMORY_CHECK_BYTES` or where ``/proc/meminfo``
+    is not readable."""
+    inner, slots, leaves = plan.num_inner, plan.parent.numel(), plan.num_leaves
+    values = (leaves * (2 * dim + 2 * vdim) + inner * (2 * dim + vdim) * 2 + inner * vdim
+              + plan.num_pairs + 9 * slots) * heads
+    need = values * itemsize - sum(t.numel() * t.element_size() for t in plan.workspace.values())
+    if need < MEMORY_CHECK_BYTES:
+        return True
+    try:
+        with open("/proc/meminfo") as meminfo:
+            available = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return True
+    return need * MEMORY_MARGIN < available
 
 
 def takes(plan: NativePlan | None, dtype: torch.dtype = torch.float32) -> bool:

@@ -136,7 +136,8 @@ def _dispatch(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, include_self:
     under ``torch.compile``)."""
     if not torch.compiler.is_compiling():
         plan = native.native_plan(h)
-        if native.takes(plan, q.dtype):
+        if native.takes(plan, q.dtype) and native.fits_in_memory(plan, q.size(1), q.size(2), v.size(2),
+                                                                  q.element_size()):
             return native.hsa_native(q, k, v, pos, include_self, plan, scale)
         plan = dense_plan(h)
         if plan is not None:   # the dense groups read their self logits off their family logits
