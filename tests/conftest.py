@@ -40,7 +40,7 @@ def use_pytorch_kernel(monkeypatch, name: str) -> None:
     import hgattn.attention.dense as dense
     import hgattn.attention.native as native
 
-    monkeypatch.setattr(native, "MAX_WIDTH", -1)
+    monkeypatch.setattr(native, "WIDE_SHARE", -1.0)
     monkeypatch.setattr(dense, "MAX_DENSE_NODES", KERNEL_THRESHOLDS[name])
 
 
@@ -62,7 +62,7 @@ def kernel(request, monkeypatch) -> str:
             if native_kernel_expected():
                 pytest.fail("the native kernel was not built although a C compiler is installed")
             pytest.skip("the native kernel was not built (no C compiler)")
-        monkeypatch.setattr(native, "MAX_WIDTH", 1 << 30)
+        monkeypatch.setattr(native, "WIDE_SHARE", 1.0)
     else:
         use_pytorch_kernel(monkeypatch, request.param)
     return request.param

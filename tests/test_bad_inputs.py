@@ -106,11 +106,11 @@ def on_the_dp(call: Callable[..., Any], **kwargs: Any) -> Any:
     """``call(**kwargs)`` with the native kernel off, so that trees too large for the dense kernel take the DP."""
     import hgattn.attention.native as native
 
-    width, native.MAX_WIDTH = native.MAX_WIDTH, -1
+    share, native.WIDE_SHARE = native.WIDE_SHARE, -1.0
     try:
         return call(**kwargs)
     finally:
-        native.MAX_WIDTH = width
+        native.WIDE_SHARE = share
 
 
 def operator_call(fill_q: float | None = None, fill_k: float | None = None, fill_v: float | None = None,

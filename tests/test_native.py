@@ -40,8 +40,8 @@ def test_cpu_calls_take_the_native_kernel_and_wide_families_the_pytorch_ones(mon
     q = torch.randn(300, 2, 8)
     hsa(q, q, q, narrow)
     assert len(calls) == 1
-    wide = Hierarchy(torch.tensor(flat_tree(native.MAX_WIDTH + 1)))
-    q = torch.randn(native.MAX_WIDTH + 1, 2, 8, dtype=torch.float64)
+    wide = Hierarchy(torch.tensor(flat_tree(native.WIDE_FAMILY + 1)))
+    q = torch.randn(native.WIDE_FAMILY + 1, 2, 8, dtype=torch.float64)
     out = hsa(q, q, q, wide, include_self=True)
     assert len(calls) == 1
     torch.testing.assert_close(out, hsa_reference(q, q, q, wide, include_self=True), rtol=1e-10, atol=1e-12)

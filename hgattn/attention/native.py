@@ -8,9 +8,9 @@ family summaries and per-head scalars. It is compiled from ``csrc/hsa_native.c``
 (``setup.py``; optional: without a C compiler :func:`available` is False and :func:`hgattn.hsa` uses the
 PyTorch kernels) and loaded with :mod:`ctypes`.
 
-The family attention is a scalar loop over sibling pairs, so very wide families (thousands of children, where
-a blocked matrix product wins) go to the PyTorch kernels: :func:`hgattn.hsa` takes this kernel when no family
-has more than :data:`MAX_WIDTH` children.
+The family attention is a scalar loop over sibling pairs, so wide families (where a blocked matrix product
+wins) are better served by the PyTorch DP: :func:`hgattn.hsa` takes this kernel unless more than
+:data:`WIDE_SHARE` of the sibling pairs lie in families of more than :data:`WIDE_FAMILY` children.
 """
 from __future__ import annotations
 
@@ -25,10 +25,15 @@ from torch.autograd.function import once_differentiable
 
 from ..hierarchy import Hierarchy
 
-__all__ = ["available", "NativePlan", "native_plan", "takes", "fits_in_memory", "hsa_native", "MAX_WIDTH"]
+__all__ = ["available", "NativePlan", "native_plan", "takes", "fits_in_memory", "hsa_native", "WIDE_FAMILY",
+           "WIDE_SHARE"]
 
-#: Widest family the native kernel takes (its family attention is a scalar loop, ``O(F^2 d)`` per family).
-MAX_WIDTH = 64
+#: Families wider than this are "wide": on this project's CPU (2 threads, 4 heads x 32, fwd+bwd, 16k leaves in
+#: windows of F) the native kernel against the PyTorch DP took 0.52x the time at F = 16, 1.14x at 32, 2.1x at
+#: 64, 2.0x at 128 and 2.7x at 256.
+WIDE_FAMILY = 24
+#: The native kernel takes a hierarchy when at most this share of its sibling pairs lies in wide families.
+WIDE_SHARE = 0.5
 #: Above this size of the node state (bytes: the inner nodes' means and the sibling pairs' softmax weights),
 #: the forward pass keeps only per-head scalars for the backward pass, which computes the state again in
 #: cached work arrays: glibc serves
@@ -80,6 +85,7 @@ class NativePlan:
         parent, child_start, child_count: parent slot (-1 for a root), first child slot, number of children.
         leaf_row, inner_row: leaf row of a leaf slot and inner row of an inner slot (-1 otherwise).
         pair_ptr: first sibling pair (``bi * F + si`` within a family of ``F``) of the family of each slot.
+        wide_share: the share of the pairs (``F^2`` per family) in families wider than :data:`WIDE_FAMILY`.
         count, log_count: leaves below each slot, and their log.
         slot_node, node_slot: node id of each slot, and its inverse.
         max_width: the widest family.
@@ -100,6 +106,7 @@ class NativePlan:
     num_inner: int
     num_pairs: int
     max_width: int
+    wide_share: float
     workspace: dict = field(default_factory=dict, repr=False)
 
     def to(self, device: torch.device | str) -> "NativePlan":
@@ -145,9 +152,12 @@ def _build_plan(h: Hierarchy) -> NativePlan:
     count = h.leaf_count[slot_node].double()
     pairs = child_count.square()
     pair_ptr = torch.cumsum(pairs, 0) - pairs
+    total = int(pairs.sum())
+    wide = int(pairs[child_count > WIDE_FAMILY].sum())
     return NativePlan(torch.tensor(h.level_ptr, dtype=torch.long), parent, child_start, child_count,
                       h.node_leaf[slot_node], h.inner_index[slot_node], pair_ptr, count, count.log(), slot_node,
-                      h.node_slot, h.num_leaves, h.num_inner, int(pairs.sum()), int(child_count.max()))
+                      h.node_slot, h.num_leaves, h.num_inner, total, int(child_count.max()),
+                      wide / total if total else 0.0)
 
 
 def fits_in_memory(plan: NativePlan, heads: int, dim: int, vdim: int, itemsize: int) -> bool:
@@ -172,7 +182,7 @@ def fits_in_memory(plan: NativePlan, heads: int, dim: int, vdim: int, itemsize: 
 def takes(plan: NativePlan | None, dtype: torch.dtype = torch.float32) -> bool:
     """Whether the native kernel computes HSA of inputs of ``dtype`` over the hierarchy of ``plan`` (on the
     CPU: inputs are on the hierarchy's device)."""
-    return (plan is not None and plan.max_width <= MAX_WIDTH and plan.parent.device.type == "cpu"
+    return (plan is not None and plan.wide_share <= WIDE_SHARE and plan.parent.device.type == "cpu"
             and dtype in (torch.float32, torch.float64))
 
 

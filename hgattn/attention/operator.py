@@ -1,6 +1,6 @@
 """The public HSA operator: input validation once, then dispatch to the kernel that fits the input.
 
-Kernels: the native CPU kernel (:mod:`hgattn.attention.native`, families up to its width), the batched dense
+Kernels: the native CPU kernel (:mod:`hgattn.attention.native`, unless wide families dominate), the batched dense
 kernel for forests of small trees (:mod:`hgattn.attention.dense`), the dynamic programme over family blocks
 (:mod:`hgattn.attention.dp`, any tree, any device), and column-tied / causal HSA
 (:mod:`hgattn.attention.column_tied`). The factored attention matrix (:class:`HSAAttention`) is
@@ -131,8 +131,8 @@ def hsa(query: Tensor, key: Tensor, value: Tensor, hierarchy: Hierarchy, *, pos:
 def _dispatch(q: Tensor, k: Tensor, v: Tensor, pos: Tensor | None, include_self: bool, h: Hierarchy,
               scale: float) -> tuple[Tensor, bool]:
     """HSA of prepared inputs by the kernel that fits them, and whether that kernel found the inputs and the
-    output all finite (False: not checked). The native kernel on the CPU (float32/64, families up to its
-    width) checks as it runs; else the dense groups take the small trees and the DP the rest (the DP alone
+    output all finite (False: not checked). The native kernel on the CPU (float32/64, unless wide families
+    dominate) checks as it runs; else the dense groups take the small trees and the DP the rest (the DP alone
     under ``torch.compile``)."""
     if not torch.compiler.is_compiling():
         plan = native.native_plan(h)
