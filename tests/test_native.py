@@ -82,7 +82,7 @@ def test_work_arrays_are_reused_across_calls() -> None:
     hsa(q, q, q, h, include_self=True).sum().backward()
     plan = native.native_plan(h)
     first = {key: tensor.data_ptr() for key, tensor in plan.workspace.items()}
-    assert {name for name, *_ in first} == {"g", "q", "k", "v", "scalars"}
+    assert {name for name, *_ in first} == {"g", "q", "k", "v", "gv", "scalars"}
     hsa(q, q, q, h, include_self=True).sum().backward()
     assert {key: tensor.data_ptr() for key, tensor in plan.workspace.items()} == first
 

@@ -3,8 +3,8 @@ r"""The native CPU kernel: the whole dynamic programme (spec section 5), forward
 The PyTorch kernels (:mod:`~hgattn.attention.dense`, :mod:`~hgattn.attention.dp`) pay a fixed price per
 operation, and a forest of small trees needs many small operations; on the CPU this kernel instead runs each
 pass of the DP as one OpenMP loop over a tree level (over all families at once for the family attention),
-touching every node once: time ``O(P d + T d)`` with no padding, and no temporaries but the node means, the
-family summaries and per-head scalars. It is compiled from ``csrc/hsa_native.c`` when the package is installed
+touching every node once: time ``O(P d + T d)`` with no padding, and no temporaries but the node means, one
+value per sibling pair and head (the softmax weights) and per-head scalars. It is compiled from ``csrc/hsa_native.c`` when the package is installed
 (``setup.py``; optional: without a C compiler :func:`available` is False and :func:`hgattn.hsa` uses the
 PyTorch kernels) and loaded with :mod:`ctypes`.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import math
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
@@ -36,9 +37,9 @@ WIDE_FAMILY = 24
 WIDE_SHARE = 0.5
 #: Above this size of the node state (bytes: the inner nodes' means and the sibling pairs' softmax weights),
 #: the forward pass keeps only per-head scalars for the backward pass, which computes the state again in
-#: cached work arrays: glibc serves
-#: allocations beyond 32 MB with fresh pages, and on this project's CPU machine faulting them in cost more
-#: than the recomputation (1M leaves: ~0.4 s per GB, and more in a process's first steps).
+#: cached work arrays: glibc serves allocations beyond 32 MB with fresh pages, and on this project's CPU
+#: machine faulting them in cost more than the recomputation (1M leaves: ~0.4 s per GB, and more in a
+#: process's first steps).
 RECOMPUTE_BYTES = 32 << 20
 #: Factor on the kernel's estimated memory that must be available for it to run; otherwise the PyTorch DP,
 #: which processes the heads in groups when its inner state is large, takes the call.
@@ -67,7 +68,7 @@ def _library() -> ctypes.CDLL | None:
         getattr(lib, "hsa_forward" + suffix).argtypes = [ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real] + [_ptr] * 10
         getattr(lib, "hsa_forward" + suffix).restype = _i64
         getattr(lib, "hsa_backward" + suffix).argtypes = ([ctypes.POINTER(_Tree)] + [_ptr] * 4 + [real, _i64]
-                                                          + [_ptr] * 18)
+                                                          + [_ptr] * 19)
     return lib
 
 
@@ -165,10 +166,10 @@ def fits_in_memory(plan: NativePlan, heads: int, dim: int, vdim: int, itemsize: 
     less the work arrays already cached on the plan) fit in the memory the system reports available, with a
     margin of :data:`MEMORY_MARGIN`; always True below :data:`MEMORY_CHECK_BYTES` or where ``/proc/meminfo``
     is not readable."""
-    inner, slots, leaves = plan.num_inner, plan.parent.numel(), plan.num_leaves
-    values = (leaves * (2 * dim + 2 * vdim) + inner * (2 * dim + vdim) * 2 + inner * vdim
-              + plan.num_pairs + 9 * slots) * heads
-    need = values * itemsize - sum(t.numel() * t.element_size() for t in plan.workspace.values())
+    shapes = [*_state_shapes(plan, heads, dim, vdim).values(), *_work_shapes(plan, heads, dim, vdim).values(),
+              (4, plan.parent.numel(), heads),                                         # e, a, z, u
+              *[(plan.num_leaves, heads, width) for width in (vdim, dim, dim, vdim)]]   # out, dq, dk, dv
+    need = _values(shapes) * itemsize - sum(t.numel() * t.element_size() for t in plan.workspace.values())
     if need < MEMORY_CHECK_BYTES:
         return True
     try:
@@ -216,10 +217,10 @@ class _NativeHSA(torch.autograd.Function):
         heads, dim, vdim = q.size(1), q.size(2), v.size(2)
         tree = plan.tree(heads, dim, vdim, pos_slot, include_self)
         out = v.new_empty(plan.num_leaves, heads, vdim)
-        state = _state_shapes(plan, heads, dim, vdim)
-        recompute = _recomputes(plan, v, dim, vdim)
+        shapes = _state_shapes(plan, heads, dim, vdim)
+        recompute = _values(shapes.values()) * v.element_size() > RECOMPUTE_BYTES
         state = {name: plan.borrow(name, shape, q) if recompute else q.new_empty(shape)
-                 for name, shape in state.items()}
+                 for name, shape in shapes.items()}
         e, a, z, u = q.new_empty(4, plan.parent.numel(), heads).unbind(0)
         y = plan.borrow("g", (plan.num_inner, heads, vdim), v)   # the backward pass's "g" in between
         status.finite = bool(getattr(_library(), "hsa_forward" + _suffix(q))(
@@ -243,19 +244,15 @@ class _NativeHSA(torch.autograd.Function):
         tree = plan.tree(heads, dim, vdim, pos_slot, ctx.include_self)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dpos = None if pos_slot is None else torch.empty_like(pos_slot)
-        inner, slots = plan.num_inner, plan.parent.numel()
-        work = {"g": (inner, heads, vdim), "q": (inner, heads, dim), "k": (inner, heads, dim),
-                "v": (inner, heads, vdim), "scalars": (5, slots, heads)}
+        shapes = _work_shapes(plan, heads, dim, vdim)
+        if ctx.recompute:   # the state and e are computed again into work arrays (the saved e stays untouched)
+            shapes.update(_state_shapes(plan, heads, dim, vdim), e=tuple(e.shape))
+        work = {name: plan.borrow(name, shape, q) for name, shape in shapes.items()}
         if ctx.recompute:
-            work.update(_state_shapes(plan, heads, dim, vdim))
-        work = {name: plan.borrow(name, shape, q) for name, shape in work.items()}
-        if ctx.recompute:
-            state = [work[name] for name in _STATE]
-            e = e.clone()   # computed again in place: the saved tensor stays untouched
+            state, e = [work[name] for name in _STATE], work["e"]
         getattr(_library(), "hsa_backward" + _suffix(q))(
             ctypes.byref(tree), *map(_address, (q, k, v, pos_slot)), ctx.scale, int(ctx.recompute),
-            *map(_address, (*state, e, a, z, u, grad, dq, dk, dv, dpos,
-                            *(work[name] for name in ("g", "q", "k", "v", "scalars")))))
+            *map(_address, (*state, e, a, z, u, grad, dq, dk, dv, dpos, *(work[name] for name in _WORK))))
         for name, tensor in work.items():
             plan.give_back(name, tensor)
         grad_pos = None if dpos is None else dpos.index_select(0, plan.node_slot)
@@ -273,7 +270,17 @@ def _state_shapes(plan: NativePlan, heads: int, dim: int, vdim: int) -> dict[str
                              (plan.num_pairs, heads))))
 
 
-def _recomputes(plan: NativePlan, v: Tensor, dim: int, vdim: int) -> bool:
-    """Whether the backward pass recomputes the node state instead of the forward pass saving it."""
-    values = (plan.num_inner * (2 * dim + vdim) + plan.num_pairs) * v.size(1)
-    return values * v.element_size() > RECOMPUTE_BYTES
+#: The backward pass's work arrays, in the kernel's argument order: the summed output gradients of the inner
+#: nodes, the gradients of their means of q, k, v, one value per sibling pair and head, and per-head scalars.
+_WORK = ("g", "q", "k", "v", "gv", "scalars")
+
+
+def _work_shapes(plan: NativePlan, heads: int, dim: int, vdim: int) -> dict[str, tuple[int, ...]]:
+    inner = plan.num_inner
+    return dict(zip(_WORK, ((inner, heads, vdim), (inner, heads, dim), (inner, heads, dim), (inner, heads, vdim),
+                            (plan.num_pairs, heads), (5, plan.parent.numel(), heads))))
+
+
+def _values(shapes) -> int:
+    """The number of values in tensors of the given shapes."""
+    return sum(math.prod(shape) for shape in shapes)

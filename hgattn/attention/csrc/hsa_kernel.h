@@ -57,23 +57,33 @@ static REAL FN(family_logits)(const Tree *t, const REAL *q, const REAL *k, const
     return top;
 }
 
+/* The per-pair values (W and GV: [pairs, H]) of slot s against its siblings, head h: entry si * H is the pair
+ * (s, the si-th child of s's parent); the pairs of the family of A start at pair_ptr[A]. */
+static inline REAL *FN(pair_row)(const Tree *t, const REAL *pairs, i64 s, i64 h) {
+    const i64 p = t->parent[s], c0 = t->child_start[p];
+    return (REAL *)pairs + (t->pair_ptr[p] + (s - c0) * t->child_count[p]) * t->heads + h;
+}
+
 /* d += gain * theta(s) for head h, theta(s) = sum_S W(s, S) rv(S) over the siblings S of slot s. */
 static void FN(add_summary)(const Tree *t, const REAL *v, const REAL *rv, const REAL *W, i64 s, i64 h, REAL gain,
                             REAL *d) {
     const i64 p = t->parent[s], c0 = t->child_start[p], F = t->child_count[p], H = t->heads, DV = t->vdim;
-    const REAL *w = W + (t->pair_ptr[p] + (s - c0) * F) * H + h;
+    const REAL *w = FN(pair_row)(t, W, s, h);
     for (i64 si = 0; si < F; ++si)
         if (c0 + si != s) FN(axpy)(d, gain * w[si * H], FN(row)(t, v, rv, c0 + si, H * DV) + h * DV, DV);
 }
 
-/* <g, theta(s)> for head h (g: DV values). */
+/* <g, theta(s)> for head h (g: DV values), keeping each pair's <g, rv(S)> in GV for the backward family pass. */
 static REAL FN(summary_dot)(const Tree *t, const REAL *v, const REAL *rv, const REAL *W, i64 s, i64 h,
-                            const REAL *g) {
+                            const REAL *g, REAL *GV) {
     const i64 p = t->parent[s], c0 = t->child_start[p], F = t->child_count[p], H = t->heads, DV = t->vdim;
-    const REAL *w = W + (t->pair_ptr[p] + (s - c0) * F) * H + h;
-    REAL acc = 0;
-    for (i64 si = 0; si < F; ++si)
-        if (c0 + si != s) acc += w[si * H] * FN(dot)(g, FN(row)(t, v, rv, c0 + si, H * DV) + h * DV, DV);
+    const REAL *w = FN(pair_row)(t, W, s, h);
+    REAL *gv = FN(pair_row)(t, GV, s, h), acc = 0;
+    for (i64 si = 0; si < F; ++si) {
+        if (c0 + si == s) continue;
+        gv[si * H] = FN(dot)(g, FN(row)(t, v, rv, c0 + si, H * DV) + h * DV, DV);
+        acc += w[si * H] * gv[si * H];
+    }
     return acc;
 }
 
@@ -127,7 +137,7 @@ static void FN(pass_family)(const Tree *t, const REAL *q, const REAL *k, const R
                     total += buf[si];
                 }
                 e[b * H + h] = top + LOG(total);
-                REAL *w = W + (t->pair_ptr[A] + bi * F) * H + h;
+                REAL *w = FN(pair_row)(t, W, b, h);
                 w[bi * H] = 0;
                 for (i64 si = 0; si < F; ++si)
                     if (si != bi) w[si * H] = buf[si] / total;
@@ -210,12 +220,13 @@ i64 FN(hsa_forward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, 
 }
 
 /* Gradients of q, k, v (and pos, in slot order) from the output gradient `gout`, with the forward pass's saved
- * state (rq, rk, rv, W and e computed again into the arrays given when `recompute` is set). Work arrays: G [K, H, dv] (summed output gradient below an inner node), drq, drk [K, H, d], drv
- * [K, H, dv], and scalars [5, T, H]. */
+ * state (rq, rk, rv, W and e computed again into the arrays given when `recompute` is set). Work arrays:
+ * G [K, H, dv] (summed output gradient below an inner node), drq, drk [K, H, d], drv [K, H, dv], GV [pairs, H]
+ * (<G(B), rv(S)> per sibling pair) and scalars [5, T, H]. */
 void FN(hsa_backward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v, const REAL *pos, REAL scale,
                       i64 recompute, REAL *rq, REAL *rk, REAL *rv, REAL *W, REAL *e, const REAL *a,
                       const REAL *z, const REAL *u, const REAL *gout, REAL *dq, REAL *dk, REAL *dv, REAL *dpos,
-                      REAL *G, REAL *drq, REAL *drk, REAL *drv, REAL *scalars) {
+                      REAL *G, REAL *drq, REAL *drk, REAL *drv, REAL *GV, REAL *scalars) {
     const i64 H = t->heads, D = t->dim, DV = t->vdim, HD = H * D, HDV = H * DV, T = t->num_slots;
     const i64 N = t->num_leaves, K = t->num_inner, PW = t->pos_heads * t->pos_dim;
     REAL *du = scalars, *gain_term = scalars + T * H, *keep_term = scalars + 2 * T * H, *da = scalars + 3 * T * H;
@@ -257,7 +268,7 @@ void FN(hsa_backward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v
                 for (i64 h = 0; h < H; ++h) {
                     const i64 sh = s * H + h;
                     REAL gt = 0, kt = 0, below = 0;
-                    if (sib) gt = EXP(u[sh] + e[sh] - z[sh]) * FN(summary_dot)(t, v, rv, W, s, h, g + h * DV);
+                    if (sib) gt = EXP(u[sh] + e[sh] - z[sh]) * FN(summary_dot)(t, v, rv, W, s, h, g + h * DV, GV);
                     if (r >= 0 && t->include_self) {
                         const REAL keep = EXP(u[sh] + a[sh] - z[sh]);
                         kt = keep * FN(dot)(g + h * DV, v + r * HDV + h * DV, DV);
@@ -308,13 +319,12 @@ void FN(hsa_backward)(const Tree *t, const REAL *q, const REAL *k, const REAL *v
                     const i64 bh = b * H + h;
                     const REAL gain = EXP(u[bh] + e[bh] - z[bh]);
                     if (gain == 0 && de[bh] == 0) continue;
-                    const REAL *wb = W + (t->pair_ptr[A] + bi * F) * H + h;
+                    const REAL *wb = FN(pair_row)(t, W, b, h), *gvb = FN(pair_row)(t, GV, b, h);
                     for (i64 si = 0; si < F; ++si) {
                         if (si == bi) continue;
                         const i64 s = c0 + si;
                         const REAL w = wb[si * H];
-                        const REAL dl = w * (gain * FN(dot)(g + h * DV, FN(row)(t, v, rv, s, HDV) + h * DV, DV)
-                                             - gain_term[bh] + de[bh]);
+                        const REAL dl = w * (gain * gvb[si * H] - gain_term[bh] + de[bh]);
                         FN(axpy)(dqb + h * D, scale * dl, FN(row)(t, k, rk, s, HD) + h * D, D);
                         FN(axpy)(FN(row)(t, dk, drk, s, HD) + h * D, scale * dl, qb + h * D, D);
                         FN(axpy)(FN(row)(t, dv, drv, s, HDV) + h * DV, w * gain, g + h * DV, DV);
