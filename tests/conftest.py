@@ -51,6 +51,16 @@ def native_kernel_expected() -> bool:
     return shutil.which("cc") is not None or shutil.which("gcc") is not None
 
 
+def require_native_kernel() -> None:
+    """Fails where a C compiler is installed but the native kernel was not built; skips where it could not be."""
+    import hgattn.attention.native as native
+
+    if not native.available():
+        if native_kernel_expected():
+            pytest.fail("the native kernel was not built although a C compiler is installed")
+        pytest.skip("the native kernel was not built (no C compiler)")
+
+
 @pytest.fixture(params=["native", *KERNEL_THRESHOLDS])
 def kernel(request, monkeypatch) -> str:
     """Runs a test once per kernel of :func:`hgattn.hsa`: the native CPU kernel (skipped where it was not
@@ -58,10 +68,7 @@ def kernel(request, monkeypatch) -> str:
     if request.param == "native":
         import hgattn.attention.native as native
 
-        if not native.available():
-            if native_kernel_expected():
-                pytest.fail("the native kernel was not built although a C compiler is installed")
-            pytest.skip("the native kernel was not built (no C compiler)")
+        require_native_kernel()
         monkeypatch.setattr(native, "WIDE_SHARE", 1.0)
     else:
         use_pytorch_kernel(monkeypatch, request.param)

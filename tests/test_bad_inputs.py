@@ -18,6 +18,7 @@ from hgattn import Hierarchy, hsa, hsa_attention
 from hgattn.nn import GraphHSATransformer, HSAConv, HSAGPSConv, HTEBlock
 from hgattn.transforms import (FlattenHierarchy, GraphHierarchy, ImageHierarchy, MoleculeHierarchy,
                                MultimodalHierarchy, SequenceHierarchy, TextHierarchy, compose_key_value)
+from conftest import require_native_kernel
 from trees import UNARY_CHAIN, UNBALANCED, forest
 
 NAN = float("nan")
@@ -94,23 +95,18 @@ def big_tree() -> Hierarchy:
 
 
 def on_the_native_kernel(call: Callable[..., Any], **kwargs: Any) -> Any:
-    """``call(**kwargs)``, skipped where the native kernel was not built."""
-    import hgattn.attention.native as native
-
-    if not native.available():
-        pytest.skip("the native kernel was not built")
+    """``call(**kwargs)`` where the native kernel is built (see :func:`conftest.require_native_kernel`)."""
+    require_native_kernel()
     return call(**kwargs)
 
 
-def on_the_dp(call: Callable[..., Any], **kwargs: Any) -> Any:
-    """``call(**kwargs)`` with the native kernel off, so that trees too large for the dense kernel take the DP."""
+def on_the_pytorch_kernels(call: Callable[..., Any], **kwargs: Any) -> Any:
+    """``call(**kwargs)`` with the native kernel off: small trees take the dense kernel, larger ones the DP."""
     import hgattn.attention.native as native
 
-    share, native.WIDE_SHARE = native.WIDE_SHARE, -1.0
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(native, "WIDE_SHARE", -1.0)
         return call(**kwargs)
-    finally:
-        native.WIDE_SHARE = share
 
 
 def operator_call(fill_q: float | None = None, fill_k: float | None = None, fill_v: float | None = None,
@@ -530,9 +526,9 @@ OPERATOR_PROBES = [
           r"overflow in torch.float32.*query"),
     Probe("hsa q = k = 1e20", lambda: operator_call(fill_q=1e20, fill_k=1e20), ValueError,
           r"overflow in torch.float32: the attention logits reach ~2e\+40"),
-    Probe("hsa value 3e38 (DP)", lambda: on_the_dp(operator_call, fill_v=3e38, hierarchy=big_tree()), ValueError,
+    Probe("hsa value 3e38 (DP)", lambda: on_the_pytorch_kernels(operator_call, fill_v=3e38, hierarchy=big_tree()), ValueError,
           r"overflow in torch.float32: the sums of value over a subtree"),
-    Probe("hsa query 3e38 (DP)", lambda: on_the_dp(operator_call, fill_q=3e38, hierarchy=big_tree()), ValueError,
+    Probe("hsa query 3e38 (DP)", lambda: on_the_pytorch_kernels(operator_call, fill_q=3e38, hierarchy=big_tree()), ValueError,
           r"overflow in torch.float32: the sums of query over a subtree"),
     Probe("hsa columns q = k = 1e20", lambda: operator_call(fill_q=1e20, fill_k=1e20, tie="columns"),
           ValueError,
@@ -633,7 +629,7 @@ CONTROLS = [
     Control("double layer", _double_layer, _finite),
     Control("autocast layer", _autocast_layer, _finite),
     Control("large but finite inputs", _big_but_finite, _finite),
-    Control("values of 3e38 on the dense kernel", lambda: on_the_dp(operator_call, fill_v=3e38),
+    Control("values of 3e38 on the dense kernel", lambda: on_the_pytorch_kernels(operator_call, fill_v=3e38),
             lambda out: torch.allclose(out, torch.full_like(out, 3e38), rtol=1e-5, atol=0)),
     Control("values of 3e38 on the default kernel (native: weighted means, no subtree sums)",
             lambda: on_the_native_kernel(operator_call, fill_v=3e38, hierarchy=big_tree()),

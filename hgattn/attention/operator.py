@@ -16,11 +16,10 @@ from torch import Tensor
 
 from ..hierarchy import NEG, Hierarchy
 from ..walks import node_means
-from . import dp
+from . import dp, native
 from .column_tied import column_tied_hsa
 from .dense import dense_plan, hsa_dense
 from .inputs import check_finite, overflow_cause, prepare_inputs, self_logits
-from . import native
 from .plan import family_blocks
 
 __all__ = ["hsa", "hsa_attention", "HSAAttention", "leaf_cover", "build_plans"]
@@ -211,7 +210,7 @@ def build_plans(hierarchy: Hierarchy, *, for_compile: bool = True) -> Hierarchy:
     ``HSAConv`` in training mode (``tests/test_nn_compile.py``). With ``for_compile=False`` only the plans an
     eager call uses are built: the native kernel's where it takes the hierarchy (on the CPU), else the dense
     groups and the DP's family blocks of the trees they leave."""
-    if native.takes(native.native_plan(hierarchy)) and not for_compile:
+    if not for_compile and native.takes(native.native_plan(hierarchy)):
         return hierarchy
     plan = dense_plan(hierarchy)
     if for_compile or plan is None:
