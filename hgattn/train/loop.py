@@ -13,7 +13,6 @@ from typing import Any, Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from ..batching import TreeLoader
@@ -48,14 +47,12 @@ def _loader(task: Task, split: str, config: TrainConfig, epoch: int) -> Iterable
     """Batches of a graph task's split; training batches are shuffled by a generator seeded with
     ``(seed, epoch)`` (so a resumed run sees the same order), split over ranks when distributed."""
     dataset = task.splits[split]
-    loader = TreeLoader if task.hierarchy_in_collate else DataLoader
     if split != "train":
-        return loader(dataset, batch_size=config.batch_size)
+        return TreeLoader(dataset, batch_size=config.batch_size, hierarchy=task.hierarchy_in_collate)
     sampler = distributed.train_sampler(dataset, config.seed, epoch)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    return loader(
-        dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator
-    )
+    return TreeLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                      generator=generator, hierarchy=task.hierarchy_in_collate)
 
 
 def _train_epoch(

@@ -32,8 +32,8 @@ class Task:
     ``test``); node-level tasks (``kind='node'``) hold one graph and its boolean ``*_mask`` on
     ``target_type``.
     ``evaluate(logits, y)`` gives the metrics; ``metric`` is the one that selects the best epoch. With
-    ``hierarchy_in_collate`` the training loop batches graphs with :class:`~hgattn.batching.TreeLoader`
-    (each batch's hierarchy built in the collate, for models that attend over it).
+    ``hierarchy_in_collate`` each batch's hierarchy is built in the collate of the training loop's
+    :class:`~hgattn.batching.TreeLoader` (for models that attend over it).
     """
 
     name: str
@@ -231,7 +231,7 @@ def load_emoji(config: TrainConfig) -> Task:
             dropout=cfg.dropout,
         )
 
-    return tree_classification_task("emoji", dataset.num_classes, build, splits, config.model == "hsa")
+    return tree_classification_task("emoji", dataset.num_classes, build, splits, config.model != "deepset")
 
 
 # ---------------------------------------------------------------- Planetoid
