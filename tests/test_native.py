@@ -4,6 +4,7 @@ fixture)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -120,3 +121,33 @@ def test_calls_that_would_not_fit_in_memory_go_to_the_dp(monkeypatch) -> None:
     out = hsa(q, q, q, h, include_self=True)
     assert not calls
     torch.testing.assert_close(out, hsa_reference(q, q, q, h, include_self=True), rtol=1e-10, atol=1e-12)
+
+
+def mapping_flags(address: int) -> set[str]:
+    """The VmFlags of the mapping of this process that holds ``address`` (from /proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(part, 16) for part in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                return set(line.split()[1:])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def test_large_fresh_arrays_are_advised_onto_huge_pages_and_small_ones_not() -> None:
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        pytest.skip("no transparent huge pages on this system")
+    if "[never]" in mode:
+        pytest.skip("transparent huge pages are off on this system")
+    like = torch.zeros(1)
+    large = native.fresh((3, native.HUGE_PAGE_BYTES // 4), like)
+    small = native.fresh((1000,), like)
+    assert large.shape == (3, native.HUGE_PAGE_BYTES // 4) and large.dtype == small.dtype == torch.float32
+    first_huge_page = -(-large.data_ptr() // (1 << 21)) * (1 << 21)
+    assert "hg" in mapping_flags(first_huge_page)
+    assert "hg" not in mapping_flags(small.data_ptr())
