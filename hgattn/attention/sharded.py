@@ -46,7 +46,8 @@ from .numerics import exp
 from .operator import _grouped_logsumexp, hsa
 from .plan import FamilyBlock, family_blocks
 
-__all__ = ["Shard", "TopTree", "CommStats", "shard_hierarchy", "sharded_hsa", "count_communication"]
+__all__ = ["Shard", "TopTree", "CommStats", "shard_hierarchy", "sharded_hsa", "count_communication",
+           "all_gather_rows"]
 
 
 # ---------------------------------------------------------------------- shards
@@ -351,6 +352,13 @@ class _GatherSummaries(torch.autograd.Function):
         return own, None, None
 
 
+def all_gather_rows(chunk: Tensor, group, world_size: int) -> Tensor:
+    """``[world_size * m, F]``: every rank's ``[m, F]`` chunk (the same ``m`` on all ranks), in rank order;
+    differentiable (the backward pass sums the gradients of all ranks' losses into each rank's own rows by a
+    reduce-scatter). Both collectives are counted by :func:`count_communication`."""
+    return _GatherSummaries.apply(chunk, group, world_size)
+
+
 _DTYPE_CODES = {torch.float64: 64, torch.float32: 32}
 
 
@@ -532,7 +540,7 @@ def _exchange(summary: Tensor, shard: Shard, group) -> Tensor:
     counts = [high - low for low, high in zip(shard.cut_ptr[:-1], shard.cut_ptr[1:])]
     width = max(counts)
     padded = torch.cat([summary, summary.new_zeros(width - summary.size(0), summary.size(1))])
-    gathered = _GatherSummaries.apply(padded, group, shard.world_size)
+    gathered = all_gather_rows(padded, group, shard.world_size)
     keep = torch.cat([torch.arange(r * width, r * width + c, device=summary.device)
                       for r, c in enumerate(counts)])
     return gathered[keep]

@@ -12,7 +12,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.typing import Metadata
 
-from ..attention import hsa, hsa_attention
+from ..attention import Shard, hsa, hsa_attention, sharded_hsa
 from ..attention.inputs import NonFiniteError
 from ..hierarchy import Hierarchy
 from .attention import leaf_sums, push_down, sibling_edge_index
@@ -196,12 +196,19 @@ class HSAConv(MessagePassing):
 
         Args:
             x: leaf features ``[N, F]`` (homogeneous) or a dict over leaf node types.
-            hierarchy: the tree or forest over the leaves (``Hierarchy.from_hetero`` for dict input).
-            pos: raw position features, ``[T, pos_channels]`` or a dict over node types (``pos_dict``).
+            hierarchy: the tree or forest over the leaves (``Hierarchy.from_hetero`` for dict input), or this
+                rank's :class:`~hgattn.attention.Shard` of one (:func:`~hgattn.attention.shard_hierarchy`; homogeneous input, the
+                rank's leaf rows ``x[shard.leaf_rows]``): exact :func:`~hgattn.attention.sharded_hsa`, a collective that
+                every rank runs.
+            pos: raw position features, ``[T, pos_channels]`` or a dict over node types (``pos_dict``); with a
+                Shard, ``[len(shard.pos_nodes), pos_channels]``, the rows of ``shard.pos_nodes``.
             return_attention_weights: also return the attention as an :class:`~hgattn.HSAAttention`.
         """
+        if isinstance(hierarchy, Shard):
+            return self._attend_sharded(x, hierarchy, pos, return_attention_weights)
         if not isinstance(hierarchy, Hierarchy):
-            raise TypeError(f"hierarchy must be a hgattn.Hierarchy, got {type(hierarchy).__name__}")
+            raise TypeError(f"hierarchy must be a hgattn.Hierarchy (or a Shard of one), got "
+                            f"{type(hierarchy).__name__}")
         hetero = isinstance(x, dict)
         if hetero != (self.metadata is not None):
             raise ValueError("dict input needs a layer built with metadata, and tensor input one without"
@@ -238,17 +245,56 @@ class HSAConv(MessagePassing):
                                  hierarchy=hierarchy, value_sum=None, alpha=None, self_weight=None, size=size)
         else:
             out = self._fused(query, key, value, pos_emb, hierarchy)
-
-        if self.query_residual:
-            out = out + query
-        out = out.reshape(out.size(0), -1) if self.concat else out.mean(dim=1)
-        if skip is not None:
-            out = out + skip
+        out = self._combine(out, query, skip)
         if hetero:
             out = hierarchy.split_leaves(out)
         if return_attention_weights:
             return out, attention
         return out
+
+    def _combine(self, out: Tensor, query: Tensor, skip: Tensor | None) -> Tensor:
+        """``[N, H * C]`` (concat) or ``[N, C]`` outputs from the attention's ``[N, H, C]``: the query residual,
+        the heads joined, the root skip."""
+        if self.query_residual:
+            out = out + query
+        out = out.reshape(out.size(0), -1) if self.concat else out.mean(dim=1)
+        return out if skip is None else out + skip
+
+    def _attend_sharded(self, x: Tensor, shard: Shard, pos: Tensor | None,
+                        return_attention_weights: bool | None) -> Tensor:
+        """The layer on this rank's leaf rows ``x`` ``[N_r, F]`` with :func:`~hgattn.attention.sharded_hsa`."""
+        if isinstance(x, dict) or self.metadata is not None:
+            raise ValueError("a Shard of a hierarchy needs a homogeneous layer and input x [N_r, F] (the rank's "
+                             "leaf rows); shard a heterogeneous tree's leaf features with hierarchy.leaf_features")
+        why = ("return_attention_weights" if return_attention_weights else
+               "attention dropout in training" if self.training and self.dropout > 0 else
+               "explain or message hooks" if self.explain or self._message_forward_hooks
+               or self._message_forward_pre_hooks or self._propagate_forward_hooks
+               or self._propagate_forward_pre_hooks else None)
+        if why is not None:
+            raise ValueError(f"{why} needs the attention weights, which span ranks: not available with a Shard "
+                             "(run the layer on the whole hierarchy in one process)")
+        check_input_dtype("x", x, self.lin.weight)
+        if x.dim() != 2 or x.size(0) != shard.num_local_leaves:
+            raise ValueError(f"x must be [N_r, F] with N_r={shard.num_local_leaves} leaf rows of rank "
+                             f"{shard.rank}'s shard, got shape {list(x.shape)}")
+        query, key, value, skip = self._project(x, None)
+        out = sharded_hsa(query, key, value, shard, pos=self._shard_positions(pos, shard),
+                          include_self=self.include_self)
+        return self._combine(out, query, skip)
+
+    def _shard_positions(self, pos: Tensor | None, shard: Shard) -> Tensor | None:
+        """``[R, H, d]`` projected positions of the rows ``shard.pos_nodes``."""
+        if pos is None or self.lin_pos is None:
+            if pos is not None:
+                raise ValueError("positions given to a layer built with pos_channels=0")
+            return None
+        check_input_dtype("pos", pos, self.lin_pos.weight)
+        rows = shard.pos_nodes.numel()
+        if pos.dim() != 2 or pos.size(0) != rows or pos.size(1) != self.pos_channels:
+            raise ValueError(f"pos must be [R, {self.pos_channels}] with R={rows} rows (shard.pos_nodes) with a "
+                             f"Shard, got shape {list(pos.shape)}")
+        return self.lin_pos(pos).view(-1, self.heads, self.out_channels)
 
     def message_and_aggregate(self, edge_index: Tensor, query: Tensor, key: Tensor, value: Tensor,
                               pos: Tensor | None, hierarchy: Hierarchy) -> Tensor:

@@ -12,10 +12,12 @@ from torch_geometric.nn import MLP, GCNConv, GINConv, SAGEConv, global_add_pool,
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import reset
+from torch_geometric.nn.norm import BatchNorm, LayerNorm as PygLayerNorm
 from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
 from torch_geometric.typing import Adj
 
 from ..hierarchy import Hierarchy
+from ..sharding import GraphShard, halo_exchange
 from .conv import HSAConv, check_input_dtype
 
 __all__ = ["HSAGPSConv", "GraphHSATransformer"]
@@ -111,24 +113,56 @@ class HSAGPSConv(torch.nn.Module):
             if norm is not None:
                 norm.reset_parameters()
 
-    def forward(self, x: Tensor, edge_index: Adj, hierarchy: Hierarchy, batch: Tensor | None = None,
+    def forward(self, x: Tensor, edge_index: Adj, hierarchy: Hierarchy | GraphShard, batch: Tensor | None = None,
                 pos: Tensor | None = None, **kwargs: Any) -> Tensor:
-        """Node features ``[N, channels]``; ``kwargs`` go to the local MPNN."""
+        """Node features ``[N, channels]``; ``kwargs`` go to the local MPNN.
+
+        With a :class:`~hgattn.sharding.GraphShard` (:func:`~hgattn.sharding.shard_graph`) as ``hierarchy``, the layer runs on
+        this rank's nodes, exactly as on the whole graph in one process: ``x`` is ``[N_r, channels]`` (the
+        rows ``shard.leaf_rows``), ``edge_index`` the rank's edges ``graph.edge_index``, ``pos`` the rows of
+        ``graph.shard.pos_nodes``; the MPNN receives the halo (:func:`~hgattn.sharding.halo_exchange`) and the
+        attention is :func:`~hgattn.attention.sharded_hsa`. Every rank runs it (collectives). The MPNN must aggregate
+        over incoming edges only (GIN, SAGE, GAT, ...; not GCN's degree normalisation, which needs the
+        sources' degrees) and the norms act per node (``layer_norm`` with ``mode='node'``, none, or batch norm
+        in eval mode).
+        """
         check_input_dtype("x", x, self.lin_attn.weight)
         if x.dim() != 2 or x.size(1) != self.channels:
             raise ValueError(f"x must be [N, {self.channels}], got shape {list(x.shape)}")
-        if hierarchy.num_leaves != x.size(0):
+        sharded = isinstance(hierarchy, GraphShard)
+        if sharded:
+            self._check_sharded(x, hierarchy, batch)
+        elif hierarchy.num_leaves != x.size(0):
             raise ValueError(f"the hierarchy has {hierarchy.num_leaves} leaves for {x.size(0)} nodes; its "
                              "leaves must be the graph's nodes in order")
         hs = []
         if self.conv is not None:
-            h = F.dropout(self.conv(x, edge_index, **kwargs), p=self.dropout, training=self.training)
+            h = self.conv(halo_exchange(x, hierarchy) if sharded else x, edge_index, **kwargs)[:x.size(0)]
+            h = F.dropout(h, p=self.dropout, training=self.training)
             hs.append(self._norm(self.norm1, h + x, batch))
-        h = self.lin_attn(self.attn(x, hierarchy, pos))
+        h = self.lin_attn(self.attn(x, hierarchy.shard if sharded else hierarchy, pos))
         h = F.dropout(h, p=self.dropout, training=self.training)
         hs.append(self._norm(self.norm2, h + x, batch))
         out = sum(hs)
         return self._norm(self.norm3, out + self.mlp(out), batch)
+
+    def _check_sharded(self, x: Tensor, graph: GraphShard, batch: Tensor | None) -> None:
+        """Refuse what would make a rank's rows differ from the single-process layer's."""
+        if x.size(0) != graph.num_nodes:
+            raise ValueError(f"x has {x.size(0)} rows for the {graph.num_nodes} nodes of rank "
+                             f"{graph.shard.rank}'s GraphShard")
+        if batch is not None:
+            raise ValueError("a GraphShard holds part of one graph: pass batch=None")
+        if isinstance(self.conv, GCNConv) and self.conv.normalize:
+            raise ValueError("GCNConv normalises by the degrees of the source nodes, which a rank does not see "
+                             "for its halo: use an MPNN that aggregates incoming edges (GIN, SAGE, GAT) or "
+                             "GCNConv(normalize=False) with edge weights normalised over the whole graph "
+                             "(torch_geometric.nn.conv.gcn_conv.gcn_norm before shard_graph)")
+        for norm in (self.norm1, self.norm2, self.norm3):
+            if not _per_node(norm, self.training):
+                raise ValueError(f"{type(norm).__name__} normalises over the nodes of the batch, which a "
+                                 "GraphShard splits across ranks: use norm='layer_norm' with "
+                                 "norm_kwargs={'mode': 'node'}, norm=None, or eval mode")
 
     def _norm(self, norm: torch.nn.Module | None, x: Tensor, batch: Tensor | None) -> Tensor:
         if norm is None:
@@ -137,6 +171,18 @@ class HSAGPSConv(torch.nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, conv={self.conv}, heads={self.heads})"
+
+
+def _per_node(norm: torch.nn.Module | None, training: bool) -> bool:
+    """Whether ``norm`` transforms each node on its own (no statistics over the batch's nodes)."""
+    if norm is None or isinstance(norm, torch.nn.LayerNorm):
+        return True
+    if isinstance(norm, PygLayerNorm):
+        return norm.mode == "node"
+    if isinstance(norm, (BatchNorm, torch.nn.modules.batchnorm._BatchNorm)):
+        module = getattr(norm, "module", norm)
+        return not training and module.track_running_stats
+    return False
 
 
 def _local_conv(name: str, channels: int) -> MessagePassing | None:
@@ -170,6 +216,8 @@ class GraphHSATransformer(torch.nn.Module):
         attn_kwargs (Dict[str, Any], optional): Arguments of the :class:`~hgattn.nn.HSAConv` attention.
         attention (type, optional): The attention layer class of every layer (:class:`HSAGPSConv`).
             (default: ``HSAConv``)
+        norm_kwargs (Dict[str, Any], optional): Arguments of the normalization (e.g. ``{"mode": "node"}`` for
+            ``layer_norm`` per node). (default: ``None``)
 
     Shapes:
         - **input:** node features :math:`(N, F)`, edge indices, :class:`~hgattn.Hierarchy` over the nodes,
@@ -194,6 +242,7 @@ class GraphHSATransformer(torch.nn.Module):
         norm: str | None = "batch_norm",
         attn_kwargs: dict[str, Any] | None = None,
         attention: type[HSAConv] = HSAConv,
+        norm_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if task not in ("node", "graph"):
@@ -211,7 +260,7 @@ class GraphHSATransformer(torch.nn.Module):
         self.encoder = Linear(in_channels, hidden_channels)
         self.layers = torch.nn.ModuleList([
             HSAGPSConv(hidden_channels, _local_conv(conv, hidden_channels), heads=heads, dropout=dropout,
-                       norm=norm, attn_kwargs=attn_kwargs, attention=attention)
+                       norm=norm, norm_kwargs=norm_kwargs, attn_kwargs=attn_kwargs, attention=attention)
             for _ in range(num_layers)
         ])
         self.head = MLP([hidden_channels, hidden_channels, out_channels], dropout=dropout, norm=None)
@@ -226,6 +275,9 @@ class GraphHSATransformer(torch.nn.Module):
                 pos: Tensor | None = None) -> Tensor:
         """Per-node outputs ``[N, out]`` or per-graph outputs ``[B, out]``."""
         check_input_dtype("x", x, self.encoder.weight)
+        if isinstance(hierarchy, GraphShard) and self.task == "graph":
+            raise ValueError("a GraphShard holds part of one graph: graph-level readout needs task='node' (pool "
+                             "the ranks' outputs yourself)")
         h = self.encoder(x)
         for layer in self.layers:
             h = layer(h, edge_index, hierarchy, batch=batch, pos=pos)
