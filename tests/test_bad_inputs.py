@@ -396,7 +396,7 @@ LAYER_PROBES = [
     Probe("conv in_channels unknown type", lambda: HSAConv({"word": 6}, 4, METADATA), ValueError,
           r"\['word'\] missing from metadata"),
     Probe("conv hierarchy not Hierarchy", lambda: HSAConv(8, 4)(torch.ones(3, 8), [-1, 0, 0]), TypeError,
-          "must be a hgattn.Hierarchy, got list"),
+          r"must be a hgattn.Hierarchy \(or a Shard of one\), got list"),
     Probe("conv x not a tensor", lambda: homogeneous_call(np.ones((LEAVES, 8), dtype=np.float32)), TypeError,
           "x must be a tensor.*ndarray"),
     Probe("conv x rows", lambda: homogeneous_call(torch.randn(3, 8)), ValueError, r"N=9 leaves"),
