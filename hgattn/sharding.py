@@ -6,8 +6,10 @@ Each rank owns whole subtrees of the hierarchy over the graph's nodes (:func:`~h
 edges into its nodes, and receives, once per message-passing layer, the features of the nodes of other ranks
 that send into its nodes (the *halo*): every rank gathers the rows the others need, padded to the largest
 rank's count, in one ``all_gather`` (and the backward pass sums their gradients back in one reduce-scatter).
-Message passing that aggregates over a node's incoming edges (GIN, SAGE, GAT, ...) is then exact; so is
-:func:`~hgattn.attention.sharded_hsa` for the global attention.
+Message passing that aggregates over a node's incoming edges (GIN, SAGE, GAT, ...) is then exact (GCN with
+the edge weights normalised over the whole graph, as :func:`shard_graph` gives them); so is
+:func:`~hgattn.attention.sharded_hsa` for the global attention, and batch normalisation with statistics summed
+over the ranks (:func:`synced_batch_norm`).
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .attention.sharded import Shard, all_gather_rows, shard_hierarchy
+from torch.autograd.function import once_differentiable
+
+from .attention.sharded import Shard, _count, all_gather_rows, shard_hierarchy
 from .hierarchy import Hierarchy
 
-__all__ = ["GraphShard", "shard_graph", "halo_exchange"]
+__all__ = ["GraphShard", "shard_graph", "halo_exchange", "synced_batch_norm"]
 
 
 @dataclass
@@ -151,3 +155,61 @@ def halo_exchange(x: Tensor, graph: GraphShard, group=None) -> Tensor:
     chunk = x[graph.send_rows]
     chunk = torch.cat([chunk, chunk.new_zeros(width - chunk.size(0), x.size(1))])
     return torch.cat([x, all_gather_rows(chunk, group, world_size)[graph.halo_index]])
+
+
+def synced_batch_norm(norm: torch.nn.Module, x: Tensor, group=None) -> Tensor:
+    """Batch normalisation of this rank's rows ``x`` ``[N_r, C]`` with the statistics of all ranks' rows, as
+    ``norm`` (a PyG ``BatchNorm`` or a ``torch.nn.BatchNorm1d``) computes them over the whole batch in one
+    process: in training, the mean and biased variance over the ``sum N_r`` rows normalise, and the running
+    statistics move by ``momentum`` towards the mean and the unbiased variance (two sum all-reduces of ``C``
+    values, differentiable; a collective: every rank calls it); in eval mode the running statistics alone."""
+    module = getattr(norm, "module", norm)
+    if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"synced_batch_norm needs a batch norm module, got {type(norm).__name__}")
+    if not module.training and module.track_running_stats:
+        return module(x)
+    count = _sum_over_ranks(x.new_tensor([float(x.size(0))]), group)
+    mean = _sum_over_ranks(x.sum(0), group) / count
+    var = _sum_over_ranks((x - mean).square().sum(0), group) / count
+    if module.track_running_stats:
+        with torch.no_grad():
+            module.num_batches_tracked.add_(1)
+            momentum = (1.0 / float(module.num_batches_tracked) if module.momentum is None
+                        else module.momentum)
+            module.running_mean.lerp_(mean.detach(), momentum)
+            module.running_var.lerp_(var.detach() * count / (count - 1).clamp(min=1), momentum)
+    out = (x - mean) * torch.rsqrt(var + module.eps)
+    return out * module.weight + module.bias if module.affine else out
+
+
+def _sum_over_ranks(x: Tensor, group) -> Tensor:
+    """``x`` summed over the ranks (differentiable; the identity without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    return _AllReduceSum.apply(x, group)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the ranks; the gradient of the sum of all ranks' losses is the sum of their gradients."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        _count("forward", _all_reduce_bytes(out, group))
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        _count("backward", _all_reduce_bytes(grad, ctx.group))
+        return grad, None
+
+
+def _all_reduce_bytes(x: Tensor, group) -> int:
+    """Bytes reaching a rank in a bandwidth-optimal all-reduce (reduce-scatter, then all-gather)."""
+    world_size = dist.get_world_size(group)
+    return 2 * (world_size - 1) * x.numel() * x.element_size() // world_size

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch_geometric.nn import GCNConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import erdos_renyi_graph
 
 from hgattn import GraphShard, Hierarchy, halo_exchange, shard_graph
@@ -30,11 +31,21 @@ def graph_and_tree(seed: int, nodes: int = 72) -> tuple[torch.Tensor, Hierarchy,
     return edge_index, h, torch.randn(h.num_nodes, 3, dtype=torch.float64)
 
 
-def model(seed: int, include_self: bool) -> GraphHSATransformer:
+#: The models compared: GIN with per-node layer norm, and GCN with batch norm (statistics over all ranks; the
+#: sharded GCN takes the edge weights gcn_norm gives over the whole graph).
+KINDS = {"gin-layer-norm": dict(conv="gin", norm="layer_norm", norm_kwargs={"mode": "node"}),
+         "gcn-batch-norm": dict(conv="gcn", norm="batch_norm")}
+
+
+def model(seed: int, include_self: bool, kind: str = "gin-layer-norm") -> GraphHSATransformer:
     torch.manual_seed(seed)
-    return GraphHSATransformer(5, 8, 3, num_layers=2, heads=2, conv="gin", norm="layer_norm",
-                               norm_kwargs={"mode": "node"},
+    return GraphHSATransformer(5, 8, 3, num_layers=2, heads=2, **KINDS[kind],
                                attn_kwargs={"pos_channels": 3, "include_self": include_self}).double()
+
+
+def gcn_edges(edge_index: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edges with self loops and GCN's symmetric weights over the whole graph."""
+    return gcn_norm(edge_index, None, num_nodes, add_self_loops=True, dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------- one process
@@ -58,13 +69,20 @@ def test_the_shards_hold_every_edge_once_with_its_halo(world_size):
     assert world_size > 1 or shards[0].num_halo == 0
 
 
-def test_one_rank_layers_equal_the_plain_layers():
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_one_rank_layers_equal_the_plain_layers(kind):
     edge_index, h, pos = graph_and_tree(1)
-    graph = shard_graph(edge_index, h, 1)[0]
+    edges, edge_weight = gcn_edges(edge_index, h.num_leaves) if kind.startswith("gcn") else (edge_index, None)
+    graph = shard_graph(edges, h, 1)[0]
     x = torch.randn(h.num_leaves, 5, dtype=torch.float64)
-    net = model(0, include_self=True)
+    net = model(0, True, kind)
     want = net(x, edge_index, h, pos=pos)
-    got = net(x[graph.shard.leaf_rows], graph.edge_index, graph, pos=pos[graph.shard.pos_nodes])
+    extra = {}
+    if edge_weight is not None:
+        for layer in net.layers:
+            layer.conv.normalize = False
+        extra["edge_weight"] = edge_weight[graph.edge_ids]
+    got = net(x[graph.shard.leaf_rows], graph.edge_index, graph, pos=pos[graph.shard.pos_nodes], **extra)
     torch.testing.assert_close(got, want[graph.shard.leaf_rows], **TOLERANCE)
     assert halo_exchange(x, graph) is x
 
@@ -75,8 +93,8 @@ def test_what_a_sharded_layer_cannot_do_exactly_is_refused():
     x = torch.randn(h.num_leaves, 8)
     with pytest.raises(ValueError, match="GCNConv normalises by the degrees"):
         HSAGPSConv(8, GCNConv(8, 8), heads=2, norm=None)(x, graph.edge_index, graph)
-    with pytest.raises(ValueError, match="BatchNorm normalises over the nodes"):
-        HSAGPSConv(8, None, heads=2)(x, graph.edge_index, graph)
+    with pytest.raises(ValueError, match="LayerNorm normalises over the nodes"):
+        HSAGPSConv(8, None, heads=2, norm="layer_norm")(x, graph.edge_index, graph)
     with pytest.raises(ValueError, match="pass batch=None"):
         HSAGPSConv(8, None, heads=2, norm=None)(x, graph.edge_index, graph, batch=torch.zeros(72, dtype=torch.long))
     with pytest.raises(ValueError, match="x has 5 rows"):
@@ -113,30 +131,40 @@ def _worker(rank: int, world_size: int, init_file: str) -> None:
 
 def _exact_suite(rank: int, world_size: int) -> None:
     edge_index, h, pos = graph_and_tree(3)
-    graph = shard_graph(edge_index, h, world_size)[rank]
-    assert isinstance(graph, GraphShard) and graph.shard.world_size == world_size
     x = torch.randn(h.num_leaves, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     weight = torch.randn(h.num_leaves, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    rows = graph.shard.leaf_rows
-    for include_self in (False, True):
-        single = model(6, include_self)
-        x_single = x.clone().requires_grad_(True)
-        want = single(x_single, edge_index, h, pos=pos)
-        (want * weight).sum().backward()
+    for kind in KINDS:
+        gcn = kind.startswith("gcn")
+        edges, edge_weight = gcn_edges(edge_index, h.num_leaves) if gcn else (edge_index, None)
+        graph = shard_graph(edges, h, world_size)[rank]
+        assert isinstance(graph, GraphShard) and graph.shard.world_size == world_size
+        rows = graph.shard.leaf_rows
+        for include_self in (False, True):
+            single = model(6, include_self, kind)
+            x_single = x.clone().requires_grad_(True)
+            want = single(x_single, edge_index, h, pos=pos)
+            (want * weight).sum().backward()
 
-        sharded = model(6, include_self)
-        x_rank = x[rows].clone().requires_grad_(True)
-        with count_communication() as stats:
-            got = sharded(x_rank, graph.edge_index, graph, pos=pos[graph.shard.pos_nodes])
-            (got * weight[rows]).sum().backward()
-        torch.testing.assert_close(got, want[rows].detach(), **TOLERANCE)
-        torch.testing.assert_close(x_rank.grad, x_single.grad[rows], **TOLERANCE)
-        for (name, p_single), p_rank in zip(single.named_parameters(), sharded.parameters()):
-            grad = p_rank.grad.clone()
-            dist.all_reduce(grad)
-            torch.testing.assert_close(grad, p_single.grad, **TOLERANCE, msg=lambda m: f"{name}: {m}")
-        assert stats.forward_bytes > 0 and stats.backward_bytes > 0
-    assert shard_hierarchy(h, world_size)[rank].tree_hash == graph.shard.tree_hash
+            sharded = model(6, include_self, kind)
+            extra = {}
+            if gcn:
+                for layer in sharded.layers:
+                    layer.conv.normalize = False
+                extra["edge_weight"] = edge_weight[graph.edge_ids]
+            x_rank = x[rows].clone().requires_grad_(True)
+            with count_communication() as stats:
+                got = sharded(x_rank, graph.edge_index, graph, pos=pos[graph.shard.pos_nodes], **extra)
+                (got * weight[rows]).sum().backward()
+            torch.testing.assert_close(got, want[rows].detach(), **TOLERANCE)
+            torch.testing.assert_close(x_rank.grad, x_single.grad[rows], **TOLERANCE)
+            for (name, p_single), p_rank in zip(single.named_parameters(), sharded.parameters()):
+                grad = p_rank.grad.clone()
+                dist.all_reduce(grad)
+                torch.testing.assert_close(grad, p_single.grad, **TOLERANCE, msg=lambda m: f"{kind} {name}: {m}")
+            for (name, b_single), b_rank in zip(single.named_buffers(), sharded.buffers()):
+                torch.testing.assert_close(b_rank, b_single, **TOLERANCE, msg=lambda m: f"{kind} {name}: {m}")
+            assert stats.forward_bytes > 0 and stats.backward_bytes > 0
+        assert shard_hierarchy(h, world_size)[rank].tree_hash == graph.shard.tree_hash
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from torch_geometric.nn.resolver import activation_resolver, normalization_resol
 from torch_geometric.typing import Adj
 
 from ..hierarchy import Hierarchy
-from ..sharding import GraphShard, halo_exchange
+from ..sharding import GraphShard, halo_exchange, synced_batch_norm
 from .conv import HSAConv, check_input_dtype
 
 __all__ = ["HSAGPSConv", "GraphHSATransformer"]
@@ -117,14 +117,15 @@ class HSAGPSConv(torch.nn.Module):
                 pos: Tensor | None = None, **kwargs: Any) -> Tensor:
         """Node features ``[N, channels]``; ``kwargs`` go to the local MPNN.
 
-        With a :class:`~hgattn.sharding.GraphShard` (:func:`~hgattn.sharding.shard_graph`) as ``hierarchy``, the layer runs on
-        this rank's nodes, exactly as on the whole graph in one process: ``x`` is ``[N_r, channels]`` (the
-        rows ``shard.leaf_rows``), ``edge_index`` the rank's edges ``graph.edge_index``, ``pos`` the rows of
-        ``graph.shard.pos_nodes``; the MPNN receives the halo (:func:`~hgattn.sharding.halo_exchange`) and the
-        attention is :func:`~hgattn.attention.sharded_hsa`. Every rank runs it (collectives). The MPNN must aggregate
-        over incoming edges only (GIN, SAGE, GAT, ...; not GCN's degree normalisation, which needs the
-        sources' degrees) and the norms act per node (``layer_norm`` with ``mode='node'``, none, or batch norm
-        in eval mode).
+        With a :class:`~hgattn.sharding.GraphShard` (:func:`~hgattn.sharding.shard_graph`) as ``hierarchy``,
+        the layer runs on this rank's nodes, exactly as on the whole graph in one process: ``x`` is
+        ``[N_r, channels]`` (the rows ``shard.leaf_rows``), ``edge_index`` the rank's edges
+        ``graph.edge_index`` (edge attributes ``edge_attr[graph.edge_ids]``), ``pos`` the rows of
+        ``graph.shard.pos_nodes``; the MPNN receives the halo (:func:`~hgattn.sharding.halo_exchange`), the
+        attention is :func:`~hgattn.attention.sharded_hsa` and batch norms use the statistics of all ranks
+        (:func:`~hgattn.sharding.synced_batch_norm`). Every rank runs it (collectives). The MPNN must aggregate
+        over incoming edges only (GIN, SAGE, GAT, ...; GCN with ``normalize=False`` and the edge weights of
+        ``gcn_norm`` over the whole graph, not its own degree normalisation, which needs the sources' degrees).
         """
         check_input_dtype("x", x, self.lin_attn.weight)
         if x.dim() != 2 or x.size(1) != self.channels:
@@ -139,12 +140,12 @@ class HSAGPSConv(torch.nn.Module):
         if self.conv is not None:
             h = self.conv(halo_exchange(x, hierarchy) if sharded else x, edge_index, **kwargs)[:x.size(0)]
             h = F.dropout(h, p=self.dropout, training=self.training)
-            hs.append(self._norm(self.norm1, h + x, batch))
+            hs.append(self._norm(self.norm1, h + x, batch, sharded))
         h = self.lin_attn(self.attn(x, hierarchy.shard if sharded else hierarchy, pos))
         h = F.dropout(h, p=self.dropout, training=self.training)
-        hs.append(self._norm(self.norm2, h + x, batch))
+        hs.append(self._norm(self.norm2, h + x, batch, sharded))
         out = sum(hs)
-        return self._norm(self.norm3, out + self.mlp(out), batch)
+        return self._norm(self.norm3, out + self.mlp(out), batch, sharded)
 
     def _check_sharded(self, x: Tensor, graph: GraphShard, batch: Tensor | None) -> None:
         """Refuse what would make a rank's rows differ from the single-process layer's."""
@@ -159,30 +160,32 @@ class HSAGPSConv(torch.nn.Module):
                              "GCNConv(normalize=False) with edge weights normalised over the whole graph "
                              "(torch_geometric.nn.conv.gcn_conv.gcn_norm before shard_graph)")
         for norm in (self.norm1, self.norm2, self.norm3):
-            if not _per_node(norm, self.training):
+            if not (_per_node(norm) or _batch_norm(norm)):
                 raise ValueError(f"{type(norm).__name__} normalises over the nodes of the batch, which a "
-                                 "GraphShard splits across ranks: use norm='layer_norm' with "
-                                 "norm_kwargs={'mode': 'node'}, norm=None, or eval mode")
+                                 "GraphShard splits across ranks: use norm='batch_norm' (statistics summed "
+                                 "over the ranks), norm='layer_norm' with norm_kwargs={'mode': 'node'}, or "
+                                 "norm=None")
 
-    def _norm(self, norm: torch.nn.Module | None, x: Tensor, batch: Tensor | None) -> Tensor:
+    def _norm(self, norm: torch.nn.Module | None, x: Tensor, batch: Tensor | None, sharded: bool = False) -> Tensor:
         if norm is None:
             return x
+        if sharded and _batch_norm(norm):
+            return synced_batch_norm(norm, x)
         return norm(x, batch=batch) if self.norm_with_batch else norm(x)
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, conv={self.conv}, heads={self.heads})"
 
 
-def _per_node(norm: torch.nn.Module | None, training: bool) -> bool:
+def _per_node(norm: torch.nn.Module | None) -> bool:
     """Whether ``norm`` transforms each node on its own (no statistics over the batch's nodes)."""
-    if norm is None or isinstance(norm, torch.nn.LayerNorm):
-        return True
-    if isinstance(norm, PygLayerNorm):
-        return norm.mode == "node"
-    if isinstance(norm, (BatchNorm, torch.nn.modules.batchnorm._BatchNorm)):
-        module = getattr(norm, "module", norm)
-        return not training and module.track_running_stats
-    return False
+    return (norm is None or isinstance(norm, torch.nn.LayerNorm)
+            or (isinstance(norm, PygLayerNorm) and norm.mode == "node"))
+
+
+def _batch_norm(norm: torch.nn.Module | None) -> bool:
+    """Whether ``norm`` is a batch norm :func:`~hgattn.sharding.synced_batch_norm` computes over ranks."""
+    return isinstance(norm, (BatchNorm, torch.nn.BatchNorm1d))
 
 
 def _local_conv(name: str, channels: int) -> MessagePassing | None:
@@ -271,16 +274,18 @@ class GraphHSATransformer(torch.nn.Module):
             layer.reset_parameters()
         self.head.reset_parameters()
 
-    def forward(self, x: Tensor, edge_index: Adj, hierarchy: Hierarchy, batch: Tensor | None = None,
-                pos: Tensor | None = None) -> Tensor:
-        """Per-node outputs ``[N, out]`` or per-graph outputs ``[B, out]``."""
+    def forward(self, x: Tensor, edge_index: Adj, hierarchy: Hierarchy | GraphShard, batch: Tensor | None = None,
+                pos: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """Per-node outputs ``[N, out]`` or per-graph outputs ``[B, out]``; ``kwargs`` (e.g. ``edge_weight``)
+        go to every layer's MPNN. A :class:`~hgattn.sharding.GraphShard` runs the model on this rank's nodes
+        (see :meth:`HSAGPSConv.forward`; node tasks)."""
         check_input_dtype("x", x, self.encoder.weight)
         if isinstance(hierarchy, GraphShard) and self.task == "graph":
             raise ValueError("a GraphShard holds part of one graph: graph-level readout needs task='node' (pool "
                              "the ranks' outputs yourself)")
         h = self.encoder(x)
         for layer in self.layers:
-            h = layer(h, edge_index, hierarchy, batch=batch, pos=pos)
+            h = layer(h, edge_index, hierarchy, batch=batch, pos=pos, **kwargs)
         if self.task == "graph":
             h = self.POOLS[self.readout](h, batch)
         return self.head(h)
