@@ -125,7 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--distributed",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="data-parallel over torchrun's processes (gloo on CPU, NCCL on CUDA)",
+        help="over torchrun's processes (gloo on CPU, NCCL on CUDA): graph tasks data-parallel, node tasks "
+        "sharded (each rank holds its subtrees of the graph's nodes; gps-hsa)",
+    )
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="run on N local processes: torchrun --standalone --nproc-per-node N -m hgattn train ... "
+        "--distributed",
     )
     train.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS)
     train.add_argument("--list", action="store_true", help="list the tasks and their models, then exit")
@@ -162,6 +170,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .train import load_task, run_name, train
     from .train import distributed
     from .train.loop import load_resume_state
+    from .train.sharded import shard_node_task
     from .train.results import markdown_table, plot_curves, read_jsonl, record_result, summarize
     from .train.results import write_text_atomically
 
@@ -182,9 +191,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         task = distributed.main_first(load_task, config)
         if config.distributed and task.kind == "node":
-            raise ValueError(
-                f"--distributed splits graphs over processes; {config.task} is one graph (node task)"
-            )
+            task = shard_node_task(task, config.model)
         result = train(task, config, apply_config_changes=args.apply_config_changes)
     finally:
         if config.distributed:
@@ -274,6 +281,31 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_local_processes(nproc: int, argv: Sequence[str] | None) -> int:
+    """``hgattn train`` (``argv`` without ``--nproc``) on ``nproc`` local processes through torchrun."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    rest = list(sys.argv[1:] if argv is None else argv)
+    for index, arg in enumerate(rest):
+        if arg == "--nproc":
+            del rest[index:index + 2]
+            break
+        if arg.startswith("--nproc="):
+            del rest[index]
+            break
+    if "--distributed" not in rest:
+        rest.append("--distributed")
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "hgattn", *rest])
+    except ChildFailedError as error:
+        print(f"hgattn train: {nproc} processes: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hgattn`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -282,7 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo_command(args)
         if args.command == "bench":
             return run_bench(args)
-        return list_tasks() if args.list else run_train(args)
+        if args.list:
+            return list_tasks()
+        return run_train(args) if args.nproc is None else run_local_processes(args.nproc, argv)
     except (ValueError, FileNotFoundError) as error:
         print(f"hgattn {args.command}: error: {error}", file=sys.stderr)
         return 2

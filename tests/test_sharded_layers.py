@@ -163,6 +163,10 @@ def _exact_suite(rank: int, world_size: int) -> None:
                 torch.testing.assert_close(grad, p_single.grad, **TOLERANCE, msg=lambda m: f"{kind} {name}: {m}")
             for (name, b_single), b_rank in zip(single.named_buffers(), sharded.buffers()):
                 torch.testing.assert_close(b_rank, b_single, **TOLERANCE, msg=lambda m: f"{kind} {name}: {m}")
+            with torch.no_grad():
+                want = single.eval()(x, edge_index, h, pos=pos)
+                got = sharded.eval()(x[rows], graph.edge_index, graph, pos=pos[graph.shard.pos_nodes], **extra)
+            torch.testing.assert_close(got, want[rows], **TOLERANCE)
             assert stats.forward_bytes > 0 and stats.backward_bytes > 0
         assert shard_hierarchy(h, world_size)[rank].tree_hash == graph.shard.tree_hash
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..batching import TreeLoader
-from . import distributed
+from . import distributed, sharded
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .memory import PeakMemory
@@ -70,9 +70,17 @@ def _train_epoch(
         store = graph[task.target_type]
         optimizer.zero_grad()
         loss = compute_loss(task, model(graph)[store.train_mask], store.y[store.train_mask])
+        if not sharded.is_sharded(task):
+            loss.backward()
+            optimizer.step()
+            return float(loss.detach())
+        loss = loss * sharded.global_share(store.train_mask)   # the mean over all ranks' nodes, summed
         loss.backward()
+        sharded.sum_gradients(model)
         optimizer.step()
-        return float(loss.detach())
+        total = loss.detach().reshape(1)
+        torch.distributed.all_reduce(total)
+        return float(total)
     total, count = 0.0, 0
     batches = _loader(task, "train", config, epoch)
     for batch in tqdm(
@@ -103,7 +111,10 @@ def evaluate(
         store = graph[task.target_type]
         logits = model(graph)
         for split, mask in (("valid", store.val_mask), ("test", store.test_mask)):
-            results.update({f"{split}_{k}": v for k, v in task.evaluate(logits[mask], store.y[mask]).items()})
+            split_logits, y = logits[mask], store.y[mask]
+            if sharded.is_sharded(task):
+                split_logits, y = sharded.gather_rows(split_logits, y)
+            results.update({f"{split}_{k}": v for k, v in task.evaluate(split_logits, y).items()})
         return results
     for split in ("valid", "test"):
         logits, targets = [], []
@@ -213,7 +224,7 @@ def train(task: Task, config: TrainConfig, *, apply_config_changes: bool = False
     start = 1
     if state is not None:
         history, start, changed = _restore(state, model, optimizer, config)
-    trained = distributed.wrap(model)
+    trained = model if sharded.is_sharded(task) else distributed.wrap(model)
     bar = tqdm(
         range(start, config.epochs + 1),
         desc=run_name(config),

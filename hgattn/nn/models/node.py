@@ -72,7 +72,8 @@ class NodeGPS(torch.nn.Module):
     graph's cluster tree, ``attention='hsa'``) or PyG :class:`~torch_geometric.nn.conv.GPSConv` layers with
     dense multi-head attention over all nodes (``attention='dense'``), then a linear classifier.
 
-    Shapes: ``HeteroData`` (a :class:`~hgattn.transforms.GraphHierarchy` tree) to logits ``[N, num_classes]``.
+    Shapes: ``HeteroData`` (a :class:`~hgattn.transforms.GraphHierarchy` tree) to logits ``[N, num_classes]``;
+    a rank's part of a sharded graph (``graph_shard``, see :mod:`hgattn.train.sharded`) to its nodes' logits.
     """
 
     def __init__(
@@ -124,6 +125,8 @@ class NodeGPS(torch.nn.Module):
 
     def forward(self, data: HeteroData) -> Tensor:
         x, edge_index = data["node"].x, data["node", "to", "node"].edge_index
+        if self.attention == "hsa" and "graph_shard" in data:
+            return self._forward_shard(data)
         if self.attention == "hsa":
             hierarchy = batch_hierarchy(data, x.device)
             pos = (
@@ -136,6 +139,22 @@ class NodeGPS(torch.nn.Module):
         for layer in self.layers:
             h = layer(h, edge_index)
         return self.head(h)
+
+    def _forward_shard(self, data: HeteroData) -> Tensor:
+        """Logits of this rank's nodes from its part of a sharded graph (``hgattn.train.sharded``): the edges
+        already carry GCN's weights over the whole graph, so the GCN layers do not normalise them again."""
+        edges = data["node", "to", "node"]
+        pos = data.shard_pos if self.model.layers[0].attn.pos_channels else None
+        convs = [layer.conv for layer in self.model.layers if isinstance(layer.conv, GCNConv)]
+        normalize = [conv.normalize for conv in convs]
+        for conv in convs:
+            conv.normalize = False
+        try:
+            return self.model(data["node"].x, edges.edge_index, data.graph_shard, pos=pos,
+                              edge_weight=edges.edge_weight)
+        finally:
+            for conv, value in zip(convs, normalize):
+                conv.normalize = value
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(attention={self.attention})"
