@@ -6,6 +6,11 @@ and forward + backward of a random upstream gradient into q, k, v), the bytes ea
 ``N x H x d x 4 bytes x 2`` (k and v of every leaf pass every rank once per forward pass), and memory per rank.
 A plain single-process :func:`hgattn.hsa` call on the whole tree is the ``hsa`` row of each size.
 
+``--layer gps`` measures a whole :class:`hgattn.nn.HSAGPSConv` layer instead (``H * d`` channels, GIN MPNN,
+batch norm) on a graph over the tree's leaves (edges ``i <-> i + 1`` and ``i <-> i + isqrt(N)``: a grid in
+row-major order), sharded by :func:`hgattn.shard_graph`: the bytes then also count the halo exchange and the
+batch norms' all-reduces; the ``hsa`` row is the same layer in one process.
+
 How it runs: the parent builds the tree (``--tree``, as in ``bench_hsa.py``) and the shards
 (:func:`hgattn.attention.shard_hierarchy`, ``--imbalance``) and saves each shard to a file; every rank is a
 fresh process (``--worker``) that loads only its own shard and makes only its own rows of q, k, v, so that its
@@ -24,6 +29,7 @@ Usage::
     python benchmarks/bench_sharded.py                                # N = 16k .. 1M, P = 1, 2, 4: ~10 min
     python benchmarks/bench_sharded.py --quick --out-dir /tmp/sharded  # N = 4096, P = 1, 2: ~1 min
     python benchmarks/bench_sharded.py --sizes 65536 --procs 2 4 --tree random-2-30
+    python benchmarks/bench_sharded.py --layer gps --out-dir benchmarks/results/sharded_gps
 
 Writes ``<out-dir>/sharded.jsonl`` (one record per configuration, every rank's figures) and ``sharded.md``
 (the table, also printed).
@@ -48,8 +54,13 @@ from bench_hsa import ALLOCATOR_ENV, TREES, PeakMemory, _proc_status_bytes, _rel
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+import math  # noqa: E402
+
+from torch_geometric.nn import MLP, GINConv  # noqa: E402
+
 import hgattn  # noqa: E402
 from hgattn.attention import count_communication, shard_hierarchy, sharded_hsa  # noqa: E402
+from hgattn.nn import HSAGPSConv  # noqa: E402
 
 DEFAULT_SIZES = (16384, 65536, 262144, 1 << 20)
 QUICK_SIZES = (4096,)
@@ -67,17 +78,21 @@ def run_rank(args: argparse.Namespace) -> None:
                                 world_size=args.world_size)
     runtime = _rss()
     loaded = torch.load(args.structure, weights_only=False)
-    rows = loaded.num_local_leaves if sharded else loaded.num_leaves
-    generator = torch.Generator().manual_seed(args.rank)
-    q, k, v, grad_out = (torch.randn(rows, args.heads, args.head_dim, generator=generator) for _ in range(4))
-    for x in (q, k, v):
-        x.requires_grad_(True)
+    if args.layer == "gps":
+        q, grad_out, attend = _gps_layer(args, loaded, sharded)
+        k = v = q
+    else:
+        rows = loaded.num_local_leaves if sharded else loaded.num_leaves
+        generator = torch.Generator().manual_seed(args.rank)
+        q, k, v, grad_out = (torch.randn(rows, args.heads, args.head_dim, generator=generator) for _ in range(4))
+        for x in (q, k, v):
+            x.requires_grad_(True)
 
-    def attend() -> torch.Tensor:
-        return sharded_hsa(q, k, v, loaded) if sharded else hgattn.hsa(q, k, v, loaded)
+        def attend() -> torch.Tensor:
+            return sharded_hsa(q, k, v, loaded) if sharded else hgattn.hsa(q, k, v, loaded)
 
     sync = dist.barrier if sharded else (lambda: None)
-    record: dict[str, Any] = {"rank": args.rank, "leaves": rows, "runtime_mb": runtime / MB}
+    record: dict[str, Any] = {"rank": args.rank, "leaves": q.size(0), "runtime_mb": runtime / MB}
     _release_free_heap()
     record["held_mb"] = (_rss() - runtime) / MB
     for mode in ("fwd", "fwd+bwd"):
@@ -101,6 +116,30 @@ def run_rank(args: argparse.Namespace) -> None:
         dist.destroy_process_group()
     if args.rank == 0:
         Path(args.result).write_text(json.dumps(ranks))
+
+
+def _gps_layer(args: argparse.Namespace, loaded: Any, sharded: bool):
+    """Node features (the layer's input, with gradients), an upstream gradient and the layer's call: on this
+    rank's part of the graph (a ``GraphShard``) or on the whole ``(hierarchy, edge_index)``."""
+    channels = args.heads * args.head_dim
+    torch.manual_seed(0)
+    layer = HSAGPSConv(channels, GINConv(MLP([channels, channels, channels], norm=None)), heads=args.heads)
+    rows = loaded.num_nodes if sharded else loaded[0].num_leaves
+    generator = torch.Generator().manual_seed(args.rank)
+    x, grad_out = (torch.randn(rows, channels, generator=generator) for _ in range(2))
+    x.requires_grad_(True)
+    if sharded:
+        return x, grad_out, lambda: layer(x, loaded.edge_index, loaded)
+    hierarchy, edge_index = loaded
+    return x, grad_out, lambda: layer(x, edge_index, hierarchy)
+
+
+def grid_edges(num_nodes: int) -> torch.Tensor:
+    """``[2, E]`` both directions of ``i - (i + 1)`` and ``i - (i + isqrt(N))``: a grid in row-major order."""
+    node = torch.arange(num_nodes)
+    pairs = [torch.stack([node[:-step], node[step:]]) for step in (1, math.isqrt(num_nodes))]
+    one_way = torch.cat(pairs, dim=1)
+    return torch.cat([one_way, one_way.flip(0)], dim=1)
 
 
 def _rss() -> int:
@@ -132,7 +171,7 @@ def measure(args: argparse.Namespace, work: Path, num_leaves: int, procs: int | 
         [sys.executable, __file__, "--worker", "--rank", str(rank), "--world-size", str(procs or 0),
          "--init-file", str(init), "--structure", str(structure[rank]), "--result", str(result),
          "--threads", str(threads), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
-         "--repeats", str(args.repeats), "--long-run", str(args.long_run)], env=env,
+         "--repeats", str(args.repeats), "--long-run", str(args.long_run), "--layer", args.layer], env=env,
         stderr=log) for rank, log in enumerate(logs)]
     deadline = time.monotonic() + RUN_TIMEOUT_S
     try:
@@ -153,7 +192,7 @@ def summarise(num_leaves: int, procs: int | None, ranks: list[dict[str, Any]] | 
               args: argparse.Namespace) -> dict[str, Any]:
     """One JSON record: the configuration, every rank's figures and the per-layer summary."""
     ring = num_leaves * args.heads * args.head_dim * 4 * 2
-    record = {"tree": args.tree, "num_leaves": num_leaves, "procs": procs or 1,
+    record = {"tree": args.tree, "layer": args.layer, "num_leaves": num_leaves, "procs": procs or 1,
               "method": "sharded" if procs else "hsa", "heads": args.heads, "head_dim": args.head_dim,
               "threads_per_rank": max(1, args.threads // (procs or 1)), "ring_attention_bytes": ring,
               "torch": torch.__version__, **info}
@@ -212,20 +251,24 @@ def run_all(args: argparse.Namespace) -> None:
             h = TREES[args.tree](num_leaves)
             build_s = time.perf_counter() - start
             configs: list[tuple[int | None, list[Path], dict[str, Any]]] = []
+            edge_index = grid_edges(num_nodes=num_leaves) if args.layer == "gps" else None
             if not args.no_baseline:
                 path = work / f"tree-{num_leaves}.pt"
-                torch.save(h, path)
+                torch.save(h if edge_index is None else (h, edge_index), path)
                 configs.append((None, [path], {"build_s": build_s}))
             for procs in args.procs:
                 start = time.perf_counter()
-                shards = shard_hierarchy(h, procs, imbalance=args.imbalance)
-                top = shards[0].top
+                shards = (shard_hierarchy(h, procs, imbalance=args.imbalance) if edge_index is None
+                          else hgattn.shard_graph(edge_index, h, procs, imbalance=args.imbalance))
+                top = (shards[0] if edge_index is None else shards[0].shard).top
                 info = {"build_s": build_s, "shard_s": time.perf_counter() - start, "imbalance": args.imbalance,
                         "cut_nodes": top.hierarchy.num_leaves, "top_nodes": top.nodes.numel()}
                 paths = []
-                for shard in shards:
-                    paths.append(work / f"shard-{num_leaves}-{procs}-{shard.rank}.pt")
+                for rank, shard in enumerate(shards):
+                    paths.append(work / f"shard-{num_leaves}-{procs}-{rank}.pt")
                     torch.save(shard, paths[-1])
+                if edge_index is not None:
+                    info["halo_nodes"] = max(graph.num_halo for graph in shards)
                 configs.append((procs, paths, info))
                 del shards
             del h
@@ -233,7 +276,11 @@ def run_all(args: argparse.Namespace) -> None:
                 record = summarise(num_leaves, procs, measure(args, work, num_leaves, procs, paths), info, args)
                 records.append(record)
                 print(f"N={num_leaves} {record['method']} P={record['procs']}: {record['status']}", flush=True)
-    header = (f"# Sharded HSA on gloo processes\n\ntorch {torch.__version__}, tree {args.tree}, {args.heads} "
+    what = ("HSA" if args.layer == "hsa" else
+            f"HSAGPSConv layers (GIN, batch norm, {args.heads * args.head_dim} channels; grid graph in row-major "
+            "order, max halo nodes per rank: " + ", ".join(f"P={r['procs']}: {r.get('halo_nodes', 0)}"
+                                                             for r in records if r["method"] == "sharded") + ")")
+    header = (f"# Sharded {what} on gloo processes\n\ntorch {torch.__version__}, tree {args.tree}, {args.heads} "
               f"heads x {args.head_dim}, float32, {os.cpu_count()} cores, {args.threads} threads in all (per "
               f"rank: threads // P, at least 1), imbalance {args.imbalance}; 1-minute load average at the "
               f"start: {load:.2f}; run took {time.perf_counter() - started:.0f} s")
@@ -251,6 +298,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=None, help="numbers of leaves")
     parser.add_argument("--procs", type=int, nargs="+", default=None, help="process counts (default 1 2 4)")
     parser.add_argument("--tree", choices=sorted(TREES), default="balanced-16")
+    parser.add_argument("--layer", choices=("hsa", "gps"), default="hsa",
+                        help="the attention alone, or a whole HSAGPSConv layer on a sharded grid graph")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--imbalance", type=float, default=0.05, help="shard_hierarchy's imbalance")
