@@ -278,13 +278,15 @@ def run_all(args: argparse.Namespace) -> None:
                 print(f"N={num_leaves} {record['method']} P={record['procs']}: {record['status']}", flush=True)
     what = ("HSA" if args.layer == "hsa" else
             f"HSAGPSConv layers (GIN, batch norm, {args.heads * args.head_dim} channels; grid graph in row-major "
-            "order, max halo nodes per rank: " + ", ".join(f"P={r['procs']}: {r.get('halo_nodes', 0)}"
-                                                             for r in records if r["method"] == "sharded") + ")")
+            "order)")
     header = (f"# Sharded {what} on gloo processes\n\ntorch {torch.__version__}, tree {args.tree}, {args.heads} "
               f"heads x {args.head_dim}, float32, {os.cpu_count()} cores, {args.threads} threads in all (per "
               f"rank: threads // P, at least 1), imbalance {args.imbalance}; 1-minute load average at the "
               f"start: {load:.2f}; run took {time.perf_counter() - started:.0f} s")
     text = table(records, header)
+    halos = [f"N={r['num_leaves']} P={r['procs']}: {r['halo_nodes']}" for r in records if "halo_nodes" in r]
+    if halos:
+        text += "\n\nMost halo nodes of a rank: " + ", ".join(halos)
     print(text)
     (out_dir / "sharded.md").write_text(text + "\n")
     with open(out_dir / "sharded.jsonl", "w") as f:
