@@ -191,7 +191,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         task = distributed.main_first(load_task, config)
         if config.distributed and task.kind == "node":
-            task = shard_node_task(task, config.model)
+            task = shard_node_task(task, config.model, config.device)
         result = train(task, config, apply_config_changes=args.apply_config_changes)
     finally:
         if config.distributed:

@@ -25,10 +25,10 @@ SHARDED_MODELS = ("gps-hsa",)
 EDGE = ("node", "to", "node")
 
 
-def shard_node_task(task: Task, model: str) -> Task:
-    """This rank's part of the node task ``task`` (the default process group's rank and size): its nodes'
-    features, labels and masks, its edges (with self loops and GCN's weights over the whole graph) and its
-    :class:`~hgattn.sharding.GraphShard`, whose nodes' positions are rows of ``shard_pos``."""
+def shard_node_task(task: Task, model: str, device: torch.device | str = "cpu") -> Task:
+    """This rank's part of the node task ``task`` (the default process group's rank and size), on ``device``:
+    its nodes' features, labels and masks, its edges (with self loops and GCN's weights over the whole graph)
+    and its :class:`~hgattn.sharding.GraphShard`, whose nodes' positions are rows of ``shard_pos``."""
     if model not in SHARDED_MODELS:
         raise ValueError(f"{task.name}: a node task trains sharded over processes with {SHARDED_MODELS}; "
                          f"{model!r} has no sharded form (run it in one process)")
@@ -46,9 +46,10 @@ def shard_node_task(task: Task, model: str) -> Task:
     local["node"].num_nodes = rows.numel()
     local[EDGE].edge_index = part.edge_index
     local[EDGE].edge_weight = edge_weight[part.edge_ids]
-    local.graph_shard = part
     local.shard_pos = hierarchy.node_features({nt: graph[nt].pos for nt in hierarchy.node_slices
                                                if "pos" in graph[nt]})[part.shard.pos_nodes]
+    local = local.to(device)
+    local.graph_shard = part.to(device)
     return replace(task, graph=local)
 
 
