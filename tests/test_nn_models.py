@@ -156,3 +156,40 @@ def test_model_rejects_bad_options() -> None:
         GraphHSATransformer(4, 8, 2, conv="gat")
     with pytest.raises(ValueError, match="divisible"):
         HSAGPSConv(6, None, heads=4)
+
+
+def node_graph(num_nodes: int = 40) -> HeteroData:
+    """A random graph as a GraphHierarchy tree (node features, labels, positions)."""
+    from torch_geometric.utils import erdos_renyi_graph
+
+    from hgattn.transforms import GraphHierarchy
+
+    torch.manual_seed(0)
+    data = Data(x=torch.randn(num_nodes, 6), edge_index=erdos_renyi_graph(num_nodes, 0.1),
+                y=torch.randint(0, 3, (num_nodes,)))
+    return GraphHierarchy(4, method="spectral", pe_dim=2)(data)
+
+
+def test_gcn_hsa_is_the_gcn_plus_an_attention_residual_and_trains_every_parameter() -> None:
+    from hgattn.nn import NodeGCN, NodeGCNHSA
+
+    graph = node_graph()
+    torch.manual_seed(1)
+    model = NodeGCNHSA(6, 8, 3, num_layers=3, heads=2, pos_channels=2, dropout=0.0)
+    out = model(graph)
+    assert out.shape == (40, 3) and len(model.attns) == 2
+    F.cross_entropy(out, graph["node"].y).backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters())
+
+    for attn in model.attns:                     # attention off: the plain GCN with the same layers
+        torch.nn.init.zeros_(attn.lin.weight)
+        torch.nn.init.zeros_(attn.bias)
+        torch.nn.init.zeros_(attn.lin_pos.weight)
+    gcn = NodeGCN(6, 8, 3, num_layers=3, dropout=0.0)
+    for mine, theirs in zip(model.convs, gcn.gcn.convs):
+        theirs.load_state_dict(mine.state_dict())
+    x, edge_index = graph["node"].x, graph["node", "to", "node"].edge_index
+    torch.testing.assert_close(model(graph), gcn.gcn(x, edge_index), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="num_layers >= 2"):
+        NodeGCNHSA(6, 8, 3, num_layers=1)
+    assert repr(model) == "NodeGCNHSA(3 GCN layers, 2 HSA layers)"

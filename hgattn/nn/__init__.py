@@ -4,9 +4,10 @@ from .flat import FlatSoftmaxConv, flat_softmax_attention
 from .gps import GraphHSATransformer, HSAGPSConv
 from .hte import HTEBlock
 from . import models
-from .models import (DeepSetBlock, MoleculeGNN, MoleculeHSATransformer, NodeGCN, NodeGPS, NodeSGFormer,
+from .models import (DeepSetBlock, MoleculeGNN, MoleculeHSATransformer, NodeGCN, NodeGCNHSA, NodeGPS,
+                     NodeSGFormer,
                      TreeClassifier)
 
 __all__ = ["HSAConv", "HTEBlock", "HSAGPSConv", "GraphHSATransformer", "FlatSoftmaxConv",
-           "flat_softmax_attention", "models", "DeepSetBlock", "TreeClassifier", "NodeGCN", "NodeGPS",
+           "flat_softmax_attention", "models", "DeepSetBlock", "TreeClassifier", "NodeGCN", "NodeGCNHSA", "NodeGPS",
            "NodeSGFormer", "MoleculeGNN", "MoleculeHSATransformer"]

@@ -235,18 +235,21 @@ def load_emoji(config: TrainConfig) -> Task:
 
 
 # ---------------------------------------------------------------- Planetoid
-NODE_MODELS = ("gcn", "gps-hsa", "gps-dense", "sgformer")
+NODE_MODELS = ("gcn", "gcn-hsa", "gps-hsa", "gps-dense", "sgformer")
 
 
 def load_planetoid(name: str) -> Callable[[TrainConfig], Task]:
-    """Cora / CiteSeer, public split: GCN, GCN + HSA global attention over a GraphHierarchy tree, GCN + dense
-    global attention (PyG ``GPSConv(attn_type='multihead')``)."""
+    """Cora / CiteSeer, public split, row-normalised features (PyG's ``NormalizeFeatures``, as the published
+    GCN): the models of :func:`node_task`."""
 
     def load(config: TrainConfig) -> Task:
+        from torch_geometric.transforms import NormalizeFeatures
+
         from ..datasets import HierarchicalPlanetoid
 
         _check_model(name.lower(), config.model, NODE_MODELS)
-        dataset = HierarchicalPlanetoid(str(Path(config.data_root) / "planetoid"), name, source=config.source)
+        dataset = HierarchicalPlanetoid(str(Path(config.data_root) / "planetoid"), name, source=config.source,
+                                        transform=NormalizeFeatures())
         return node_task(name.lower(), dataset[0], dataset.num_classes,
                          classification_metrics(dataset.num_classes))
 
@@ -274,10 +277,11 @@ def load_ogb_nodes(name: str) -> Callable[[TrainConfig], Task]:
 def node_task(name: str, graph: HeteroData, num_classes: int,
               evaluate: Callable[[Tensor, Tensor], dict[str, float]]) -> Task:
     """A node classification task on a GraphHierarchy tree ``graph`` (``node`` features, labels and masks):
-    GCN (``gcn``), GCN + HSA global attention over the tree (``gps-hsa``), GCN + dense global attention
-    (``gps-dense``), PyG's SGFormer (``sgformer``, linear global attention + GCN)."""
+    GCN (``gcn``), GCN with an HSA residual over the tree between its layers (``gcn-hsa``), a GPS graph
+    transformer of GCN + HSA global attention (``gps-hsa``), GCN + dense global attention (``gps-dense``),
+    PyG's SGFormer (``sgformer``, linear global attention + GCN)."""
     from ..batching import attach_hierarchy
-    from ..nn.models import NodeGCN, NodeGPS, NodeSGFormer
+    from ..nn.models import NodeGCN, NodeGCNHSA, NodeGPS, NodeSGFormer
 
     in_channels, pos_channels = graph["node"].x.size(1), graph["node"].pos.size(1)
 
@@ -287,8 +291,11 @@ def node_task(name: str, graph: HeteroData, num_classes: int,
         if model == "sgformer":
             return NodeSGFormer(in_channels, cfg.hidden, num_classes, num_layers=cfg.layers, heads=cfg.heads,
                                 dropout=cfg.dropout)
-        if model == "gps-hsa" and "hierarchy" not in graph:
+        if model in ("gcn-hsa", "gps-hsa") and "hierarchy" not in graph:
             attach_hierarchy(graph)
+        if model == "gcn-hsa":
+            return NodeGCNHSA(in_channels, cfg.hidden, num_classes, num_layers=cfg.layers, heads=cfg.heads,
+                              pos_channels=pos_channels, dropout=cfg.dropout)
         return NodeGPS(
             in_channels,
             cfg.hidden,

@@ -1,8 +1,10 @@
-"""Node classifiers over one graph: GCN, GCN + global attention (HSA or PyG"s GPSConv), SGFormer."""
+"""Node classifiers over one graph: GCN, GCN with HSA between its layers, GCN + global attention (HSA or PyG's
+GPSConv), SGFormer."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import HeteroData
 from torch_geometric.nn import GCNConv, GPSConv, MLP
@@ -10,10 +12,11 @@ from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import reset
 
 from ...batching import batch_hierarchy
+from ..conv import HSAConv
 from ..gps import GraphHSATransformer
 from .tree import tree_positions
 
-__all__ = ["NodeGCN", "NodeGPS", "NodeSGFormer"]
+__all__ = ["NodeGCN", "NodeGCNHSA", "NodeGPS", "NodeSGFormer"]
 
 
 class NodeGCN(torch.nn.Module):
@@ -38,6 +41,65 @@ class NodeGCN(torch.nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.gcn})"
+
+
+class NodeGCNHSA(torch.nn.Module):
+    r"""GCN with Hierarchical Self-Attention (`arXiv:2509.15448 <https://arxiv.org/abs/2509.15448>`_) over the
+    graph's cluster tree after each hidden GCN layer, added to it as a residual:
+
+    .. math::
+        \mathbf{h}_\ell = \mathrm{ReLU}\big(\mathrm{GCN}_\ell(\mathrm{drop}(\mathbf{h}'_{\ell-1}))\big),
+        \qquad \mathbf{h}'_\ell = \mathbf{h}_\ell + \mathrm{HSA}_\ell(\mathbf{h}_\ell, \mathcal{T}),
+
+    and logits :math:`\mathrm{GCN}_L(\mathrm{drop}(\mathbf{h}'_{L-1}))` (with :math:`\mathbf{h}'_0 =
+    \mathbf{x}`). The attention mixes features already smoothed over each node's neighbourhood, so the model
+    is the GCN plus a global term, with the GCN's layers and dropout.
+
+    Args:
+        in_channels, channels, num_classes: input, hidden and output sizes.
+        num_layers: GCN layers (``num_layers - 1`` attention layers).
+        heads: attention heads (``channels`` divisible by it).
+        pos_channels: raw ``pos`` features per tree node (0: none).
+        dropout: dropout before each GCN layer but the first.
+
+    Shapes: ``HeteroData`` (a :class:`~hgattn.transforms.GraphHierarchy` tree) to logits ``[N, num_classes]``.
+    """
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, num_layers: int = 2, heads: int = 1,
+                 pos_channels: int = 0, dropout: float = 0.5) -> None:
+        super().__init__()
+        if num_layers < 2:
+            raise ValueError(f"NodeGCNHSA needs num_layers >= 2 (attention sits between GCN layers), got "
+                             f"{num_layers}")
+        if channels % heads != 0:
+            raise ValueError(f"channels ({channels}) must be divisible by heads ({heads})")
+        sizes = [in_channels] + [channels] * (num_layers - 1) + [num_classes]
+        self.convs = torch.nn.ModuleList([GCNConv(a, b) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.attns = torch.nn.ModuleList([HSAConv(channels, channels // heads, heads=heads,
+                                                  pos_channels=pos_channels) for _ in range(num_layers - 1)])
+        self.dropout = dropout
+
+    def reset_parameters(self) -> None:
+        for module in (*self.convs, *self.attns):
+            module.reset_parameters()
+
+    def forward(self, data: HeteroData) -> Tensor:
+        x, edge_index = data["node"].x, data["node", "to", "node"].edge_index
+        hierarchy = batch_hierarchy(data, x.device)
+        pos = (hierarchy.node_features(tree_positions(data, hierarchy)) if self.attns[0].pos_channels
+               else None)
+        h = x
+        for index, conv in enumerate(self.convs):
+            if index:
+                h = F.dropout(h, p=self.dropout, training=self.training)
+            h = conv(h, edge_index)
+            if index < len(self.attns):
+                h = h.relu()
+                h = h + self.attns[index](h, hierarchy, pos)
+        return h
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({len(self.convs)} GCN layers, {len(self.attns)} HSA layers)"
 
 
 class NodeSGFormer(torch.nn.Module):
