@@ -18,7 +18,6 @@ from dataclasses import dataclass, fields
 import torch
 import torch.distributed as dist
 from torch import Tensor
-
 from torch.autograd.function import once_differentiable
 
 from .attention.sharded import Shard, _count, all_gather_rows, shard_hierarchy
@@ -161,15 +160,16 @@ def synced_batch_norm(norm: torch.nn.Module, x: Tensor, group=None) -> Tensor:
     """Batch normalisation of this rank's rows ``x`` ``[N_r, C]`` with the statistics of all ranks' rows, as
     ``norm`` (a PyG ``BatchNorm`` or a ``torch.nn.BatchNorm1d``) computes them over the whole batch in one
     process: in training, the mean and biased variance over the ``sum N_r`` rows normalise, and the running
-    statistics move by ``momentum`` towards the mean and the unbiased variance (two sum all-reduces of ``C``
-    values, differentiable; a collective: every rank calls it); in eval mode the running statistics alone."""
+    statistics move by ``momentum`` towards the mean and the unbiased variance (two sum all-reduces of ``C + 1``
+    and ``C`` values, differentiable; a collective: every rank calls it); in eval mode the running statistics alone."""
     module = getattr(norm, "module", norm)
     if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
         raise TypeError(f"synced_batch_norm needs a batch norm module, got {type(norm).__name__}")
     if not module.training and module.track_running_stats:
         return module(x)
-    count = _sum_over_ranks(x.new_tensor([float(x.size(0))]), group)
-    mean = _sum_over_ranks(x.sum(0), group) / count
+    totals = _sum_over_ranks(torch.cat([x.sum(0), x.new_tensor([float(x.size(0))])]), group)
+    count = totals[-1:]
+    mean = totals[:-1] / count
     var = _sum_over_ranks((x - mean).square().sum(0), group) / count
     if module.track_running_stats:
         with torch.no_grad():

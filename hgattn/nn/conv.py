@@ -228,8 +228,7 @@ class HSAConv(MessagePassing):
         query, key, value, skip = self._project(leaf_x, leaf_type)
         pos_emb = self._positions(pos, hierarchy)
 
-        observed = bool(self.explain) or bool(self._message_forward_hooks) or bool(
-            self._message_forward_pre_hooks) or (self.training and self.dropout > 0)
+        observed = self._observed()
         size = (hierarchy.num_nodes, hierarchy.num_nodes)
         attention = None
         if observed or return_attention_weights:
@@ -252,6 +251,12 @@ class HSAConv(MessagePassing):
             return out, attention
         return out
 
+    def _observed(self) -> bool:
+        """Whether the attention weights are needed as messages: explain, message hooks, or attention dropout
+        in training."""
+        return bool(self.explain) or bool(self._message_forward_hooks) or bool(
+            self._message_forward_pre_hooks) or (self.training and self.dropout > 0)
+
     def _combine(self, out: Tensor, query: Tensor, skip: Tensor | None) -> Tensor:
         """``[N, H * C]`` (concat) or ``[N, C]`` outputs from the attention's ``[N, H, C]``: the query residual,
         the heads joined, the root skip."""
@@ -268,8 +273,7 @@ class HSAConv(MessagePassing):
                              "leaf rows); shard a heterogeneous tree's leaf features with hierarchy.leaf_features")
         why = ("return_attention_weights" if return_attention_weights else
                "attention dropout in training" if self.training and self.dropout > 0 else
-               "explain or message hooks" if self.explain or self._message_forward_hooks
-               or self._message_forward_pre_hooks or self._propagate_forward_hooks
+               "explain or message hooks" if self._observed() or self._propagate_forward_hooks
                or self._propagate_forward_pre_hooks else None)
         if why is not None:
             raise ValueError(f"{why} needs the attention weights, which span ranks: not available with a Shard "
@@ -279,22 +283,9 @@ class HSAConv(MessagePassing):
             raise ValueError(f"x must be [N_r, F] with N_r={shard.num_local_leaves} leaf rows of rank "
                              f"{shard.rank}'s shard, got shape {list(x.shape)}")
         query, key, value, skip = self._project(x, None)
-        out = sharded_hsa(query, key, value, shard, pos=self._shard_positions(pos, shard),
+        out = sharded_hsa(query, key, value, shard, pos=self._positions(pos, shard),
                           include_self=self.include_self)
         return self._combine(out, query, skip)
-
-    def _shard_positions(self, pos: Tensor | None, shard: Shard) -> Tensor | None:
-        """``[R, H, d]`` projected positions of the rows ``shard.pos_nodes``."""
-        if pos is None or self.lin_pos is None:
-            if pos is not None:
-                raise ValueError("positions given to a layer built with pos_channels=0")
-            return None
-        check_input_dtype("pos", pos, self.lin_pos.weight)
-        rows = shard.pos_nodes.numel()
-        if pos.dim() != 2 or pos.size(0) != rows or pos.size(1) != self.pos_channels:
-            raise ValueError(f"pos must be [R, {self.pos_channels}] with R={rows} rows (shard.pos_nodes) with a "
-                             f"Shard, got shape {list(pos.shape)}")
-        return self.lin_pos(pos).view(-1, self.heads, self.out_channels)
 
     def message_and_aggregate(self, edge_index: Tensor, query: Tensor, key: Tensor, value: Tensor,
                               pos: Tensor | None, hierarchy: Hierarchy) -> Tensor:
@@ -412,7 +403,7 @@ class HSAConv(MessagePassing):
             query, key = self.q_norm(query), self.k_norm(key)
         return query, key, value, (skip if self.root_weight else None)
 
-    def _positions(self, pos: Tensor | dict[str, Tensor] | None, hierarchy: Hierarchy) -> Tensor | None:
+    def _positions(self, pos: Tensor | dict[str, Tensor] | None, hierarchy: Hierarchy | Shard) -> Tensor | None:
         """``[T, H, d]`` projected positions: each node's raw features through its family domain's matrix."""
         if pos is None or self.lin_pos is None:
             if pos is not None:
@@ -427,7 +418,7 @@ class HSAConv(MessagePassing):
         blocks[has_domain, domain[has_domain]] = raw[has_domain]
         return self.lin_pos(blocks.view(raw.size(0), -1)).view(-1, self.heads, self.out_channels)
 
-    def _raw_positions(self, pos: Tensor | dict[str, Tensor], hierarchy: Hierarchy) -> Tensor:
+    def _raw_positions(self, pos: Tensor | dict[str, Tensor], hierarchy: Hierarchy | Shard) -> Tensor:
         """``[T, pos_channels]`` raw position features of every tree node (zero-padded, zeros where absent)."""
         if isinstance(pos, dict):
             if self.metadata is None:
@@ -443,9 +434,11 @@ class HSAConv(MessagePassing):
             padded = {nt: F.pad(p, (0, self.pos_channels - p.size(1))) for nt, p in pos.items()}
             return hierarchy.node_features(padded)
         check_input_dtype("pos", pos, self.lin_pos.weight)
-        if pos.dim() != 2 or pos.size(0) != hierarchy.num_nodes or pos.size(1) != self.pos_channels:
-            raise ValueError(f"pos must be [T, {self.pos_channels}] with T={hierarchy.num_nodes} tree nodes, "
-                             f"got shape {list(pos.shape)}")
+        rows, what = ((hierarchy.pos_nodes.numel(), "rows (shard.pos_nodes) with a Shard")
+                      if isinstance(hierarchy, Shard) else (hierarchy.num_nodes, "tree nodes"))
+        if pos.dim() != 2 or pos.size(0) != rows or pos.size(1) != self.pos_channels:
+            raise ValueError(f"pos must be [T, {self.pos_channels}] with T={rows} {what}, got shape "
+                             f"{list(pos.shape)}")
         return pos
 
     def _domain_index(self, hierarchy: Hierarchy) -> Tensor:
