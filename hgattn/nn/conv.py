@@ -197,9 +197,9 @@ class HSAConv(MessagePassing):
         Args:
             x: leaf features ``[N, F]`` (homogeneous) or a dict over leaf node types.
             hierarchy: the tree or forest over the leaves (``Hierarchy.from_hetero`` for dict input), or this
-                rank's :class:`~hgattn.attention.Shard` of one (:func:`~hgattn.attention.shard_hierarchy`; homogeneous input, the
-                rank's leaf rows ``x[shard.leaf_rows]``): exact :func:`~hgattn.attention.sharded_hsa`, a collective that
-                every rank runs.
+                rank's :class:`~hgattn.attention.Shard` of one (:func:`~hgattn.attention.shard_hierarchy`;
+                homogeneous input, the rank's leaf rows ``x[shard.leaf_rows]``): exact
+                :func:`~hgattn.attention.sharded_hsa`, a collective that every rank runs.
             pos: raw position features, ``[T, pos_channels]`` or a dict over node types (``pos_dict``); with a
                 Shard, ``[len(shard.pos_nodes), pos_channels]``, the rows of ``shard.pos_nodes``.
             return_attention_weights: also return the attention as an :class:`~hgattn.HSAAttention`.
