@@ -6,5 +6,5 @@ from .node import NodeGCN, NodeGCNHSA, NodeGPS, NodeSGFormer
 from .tree import DeepSetBlock, TreeClassifier, flat_hte_block, tree_positions
 
 __all__ = ["DeepSetBlock", "TreeClassifier", "flat_hte_block", "tree_positions", "NodeGCN", "NodeGCNHSA",
-           "NodeGPS", "NodeSGFormer", "MoleculeGNN", "MoleculeHSATransformer", "ASTNodeEncoder", "CodeGNN", "CodeTransformer",
-           "SequenceHead"]
+           "NodeGPS", "NodeSGFormer", "MoleculeGNN", "MoleculeHSATransformer", "ASTNodeEncoder", "CodeGNN",
+           "CodeTransformer", "SequenceHead"]
