@@ -137,17 +137,34 @@ def mapping_flags(address: int) -> set[str]:
     raise AssertionError(f"no mapping holds {address:#x}")
 
 
-def test_large_fresh_arrays_are_advised_onto_huge_pages_and_small_ones_not() -> None:
+def test_large_fresh_arrays_land_on_huge_page_mappings() -> None:
     try:
         mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
     except OSError:
         pytest.skip("no transparent huge pages on this system")
     if "[never]" in mode:
         pytest.skip("transparent huge pages are off on this system")
-    like = torch.zeros(1)
-    large = native.fresh((3, native.HUGE_PAGE_BYTES // 4), like)
-    small = native.fresh((1000,), like)
-    assert large.shape == (3, native.HUGE_PAGE_BYTES // 4) and large.dtype == small.dtype == torch.float32
+    large = native.fresh((3, native.HUGE_PAGE_BYTES // 4), torch.zeros(1))
+    assert large.shape == (3, native.HUGE_PAGE_BYTES // 4) and large.dtype == torch.float32
     first_huge_page = -(-large.data_ptr() // (1 << 21)) * (1 << 21)
     assert "hg" in mapping_flags(first_huge_page)
-    assert "hg" not in mapping_flags(small.data_ptr())
+
+
+def test_fresh_advises_the_whole_huge_pages_inside_large_arrays_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int, int]] = []
+
+    class RecordingLibc:
+        def madvise(self, start: int, length: int, advice: int) -> int:
+            calls.append((start, length, advice))
+            return 0
+
+    monkeypatch.setattr(native, "_libc", lambda: RecordingLibc())
+    like = torch.zeros(1, dtype=torch.float64)
+    native.fresh((1000,), like)
+    native.fresh((native.HUGE_PAGE_BYTES // 8 - 1,), like)
+    assert not calls
+    large = native.fresh((5, native.HUGE_PAGE_BYTES // 8), like)
+    ((start, length, advice),) = calls
+    assert advice == native._MADV_HUGEPAGE and start % (1 << 21) == 0 and length % (1 << 21) == 0 and length > 0
+    assert large.data_ptr() <= start and start + length <= large.data_ptr() + large.numel() * 8
+    assert start - large.data_ptr() < 1 << 21
