@@ -27,7 +27,6 @@ Writes ``<out-dir>/hsa_vs_sdpa.jsonl`` (one JSON record per measurement) and ``<
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import multiprocessing as mp
 import os
@@ -56,6 +55,7 @@ from torch.nn.attention import SDPBackend  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import hgattn  # noqa: E402
+from hgattn.train.memory import PeakMemory  # noqa: E402
 
 TREES: dict[str, Callable[[int], hgattn.Hierarchy]] = {
     "balanced-16": lambda n: hgattn.Hierarchy.from_windows(n, 16),
@@ -112,10 +112,10 @@ def run_config(cfg: Config) -> dict[str, Any]:
     _prime(cfg, device)
     step = _make_step(cfg, q, k, v, grad_out, hierarchy)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    meter = PeakMemory(device)
+    meter = PeakMemory(device, release_heap=True).start()
     times = _time_steps(step, sync, cfg)
     record.update(status="ok", times_ms=[t * 1e3 for t in times], median_ms=statistics.median(times) * 1e3,
-                  peak_mb=meter.peak_increase() / 2**20 if meter.available else None)
+                  peak_mb=mib(meter.peak_increase()))
     return record
 
 
@@ -185,54 +185,9 @@ def _time_steps(step: Callable[[], None], sync: Callable[[], None], cfg: Config)
     return [timed_step(step, sync) for _ in range(repeats)]
 
 
-class PeakMemory:
-    """Peak memory above the level held at construction, in bytes (``available`` False where unsupported)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            self.available, self.base = True, torch.cuda.memory_allocated(device)
-            return
-        _release_free_heap()
-        self.available = _reset_peak_rss()
-        self.base = _proc_status_bytes("VmRSS") if self.available else 0
-
-    def peak_increase(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) - self.base
-        return _proc_status_bytes("VmHWM") - self.base
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak resident set (Linux >= 4.0); False where that is impossible.
-
-    ``ru_maxrss`` cannot be used instead: after ``exec`` it keeps the peak of the image it replaced, which for
-    a spawned child is a copy of the parent.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _proc_status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def _release_free_heap() -> None:
-    """Give freed heap memory back to the OS (glibc), so that the RSS baseline counts only live memory."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError):   # not glibc
-        pass
+def mib(size: int | None) -> float | None:
+    """Bytes in MiB (``None`` stays ``None``)."""
+    return None if size is None else size / 2**20
 
 
 def sdpa_memory_estimate(q: Tensor, backward: bool) -> int:

@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hgattn.train.memory import PeakMemory
+
 ARXIV = {"nodes": 169_343, "edges": 1_166_243}
 METHODS = ["hsa_gps", "local_only", "gps_multihead", "gps_performer", "sgformer", "polynormer"]
 
@@ -143,7 +145,7 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
         run().backward(grad)
         sync(device)
 
-    memory = PeakMemory(device)
+    memory = PeakMemory(device).start()
     for _ in range(cfg["warmup"]):
         step()
     times = []
@@ -152,7 +154,7 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
         step()
         times.append(time.perf_counter() - start)
     record.update(status="ok", median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times),
-                  peak_mb=memory.peak_increase() / 2 ** 20)
+                  peak_mb=memory.peak_increase() / 2 ** 20 if memory.available else None)
     return record
 
 
@@ -185,31 +187,6 @@ def measure_interleaved(cfg: dict[str, Any], layer: torch.nn.Module, x: Tensor, 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class PeakMemory:
-    """Peak memory over a baseline taken at construction (CUDA allocator, or the process's peak RSS)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            self.base = torch.cuda.memory_allocated(device)
-        else:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.base = _status_bytes("VmRSS")
-
-    def peak_increase(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) - self.base
-        return _status_bytes("VmHWM") - self.base
-
-
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 # ---------------------------------------------------------------------- driver

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hsa import ALLOCATOR_ENV, TREES, PeakMemory, _proc_status_bytes, _release_free_heap, make_step, \
+from bench_hsa import ALLOCATOR_ENV, TREES, make_step, mib, \
     timed_step  # noqa: E402  (sets the allocator variables before torch is imported)
 
 import torch  # noqa: E402
@@ -61,6 +61,7 @@ from torch_geometric.nn import MLP, GINConv  # noqa: E402
 import hgattn  # noqa: E402
 from hgattn.attention import count_communication, shard_hierarchy, sharded_hsa  # noqa: E402
 from hgattn.nn import HSAGPSConv  # noqa: E402
+from hgattn.train.memory import PeakMemory, process_status_bytes, release_free_heap  # noqa: E402
 
 DEFAULT_SIZES = (16384, 65536, 262144, 1 << 20)
 QUICK_SIZES = (4096,)
@@ -93,13 +94,13 @@ def run_rank(args: argparse.Namespace) -> None:
 
     sync = dist.barrier if sharded else (lambda: None)
     record: dict[str, Any] = {"rank": args.rank, "leaves": q.size(0), "runtime_mb": runtime / MB}
-    _release_free_heap()
+    release_free_heap()
     record["held_mb"] = (_rss() - runtime) / MB
     for mode in ("fwd", "fwd+bwd"):
         step = make_step(mode, q, k, v, grad_out, attend)
         warm = timed_step(step, sync)
         repeats = 1 if _slowest(warm, sharded) > args.long_run else args.repeats
-        meter = PeakMemory(torch.device("cpu")) if mode == "fwd+bwd" else None
+        meter = PeakMemory("cpu", release_heap=True).start() if mode == "fwd+bwd" else None
         walls, cpus = [], []
         with count_communication() as stats:
             for _ in range(repeats):
@@ -109,7 +110,7 @@ def run_rank(args: argparse.Namespace) -> None:
         record[mode] = {"warmup_s": warm, "wall_s": walls, "cpu_s": cpus, "bytes": stats.total_bytes // repeats,
                         "forward_bytes": stats.forward_bytes // repeats}
         if meter is not None:
-            record["peak_mb"] = meter.peak_increase() / MB if meter.available else None
+            record["peak_mb"] = mib(meter.peak_increase())
     ranks = [None] * args.world_size if sharded else [record]
     if sharded:
         dist.all_gather_object(ranks, record)
@@ -143,7 +144,7 @@ def grid_edges(num_nodes: int) -> torch.Tensor:
 
 
 def _rss() -> int:
-    return _proc_status_bytes("VmRSS")
+    return process_status_bytes("VmRSS")
 
 
 def _slowest(seconds: float, sharded: bool) -> float:

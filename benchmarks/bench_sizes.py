@@ -56,7 +56,7 @@ def malloc_env(environ: Mapping[str, str]) -> dict[str, str]:
 #: The allocator variables this process started with (bench_hsa fills in its defaults on import).
 STARTUP_MALLOC_ENV = malloc_env(os.environ)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hsa import (ALLOCATOR_ENV, PeakMemory, available_memory, make_step,  # noqa: E402
+from bench_hsa import (ALLOCATOR_ENV, PeakMemory, available_memory, make_step, mib,  # noqa: E402
                        sdpa_memory_estimate, timed_step)
 
 for _key in ALLOCATOR_ENV.keys() - STARTUP_MALLOC_ENV.keys():
@@ -137,17 +137,17 @@ def measure(cfg: Config) -> dict[str, Any]:
             return {**record, "status": "OOM-skip", "free_mb": free / 2**20}
     step = make_step(cfg.mode, q, k, v, grad_out, attention(q, k, v, hierarchy))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    first_meter = PeakMemory(device)
+    first_meter = PeakMemory(device, release_heap=True).start()
     first = timed_step(step, sync)
     first_peak = first_meter.peak_increase()
-    meter = PeakMemory(device)
+    meter = PeakMemory(device, release_heap=True).start()
     warmup, times = warm_and_time(step, sync, first, cfg.quick)
     steps = [first, *warmup, *times]
     return {**record, "status": "ok", "first_ms": first * 1e3, "median_ms": statistics.median(times) * 1e3,
             "min_ms": min(times) * 1e3, "first3_ms": statistics.fmean(steps[:3]) * 1e3, "steps": len(times),
             "warmup": len(warmup), "times_ms": [t * 1e3 for t in times],
-            "peak_mb": meter.peak_increase() / 2**20 if meter.available else None,
-            "first_peak_mb": first_peak / 2**20 if first_meter.available else None}
+            "peak_mb": mib(meter.peak_increase()),
+            "first_peak_mb": mib(first_peak)}
 
 
 def hgattn_commit() -> str | None:

@@ -15,4 +15,4 @@ for model in ${MODELS:-gin gcn gps-hsa}; do for seed in ${SEEDS:-0 1 2}; do
 done; done
 wait
 for f in "$RUNS"/log-*.txt; do echo "== $f"; tail -4 "$f"; done > "$OUT/train_logs.txt"
-python3 benchmarks/molhiv_collect.py "$RUNS" "$OUT/molhiv_runs.jsonl" | tee "$OUT/molhiv_summary.txt"
+python3 benchmarks/collect_runs.py "$RUNS" "$OUT/molhiv_runs.jsonl" | tee "$OUT/molhiv_summary.txt"

@@ -20,7 +20,7 @@ layers: start 1 -> layers {1, 3, 5}, start 3 -> {3, 5}, start 5 -> {5}), over a 
   ``--batch`` sequences of MiniLM's shape, 12 heads x 32, float32, forward under ``no_grad``): SDPA, eager
   softmax attention (matmul, softmax, matmul) and HSA of both ties on the window forest (built beforehand,
   build time reported apart). Peak memory is the increase of the peak resident set over the level before
-  the call (``bench_hsa.PeakMemory``), so it is approximate on CPU.
+  the call (``hgattn.train.memory.PeakMemory``), so it is approximate on CPU.
 
 Timings depend on the machine and on its load: on a shared CPU they are noisy. Usage::
 
@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_hsa import PeakMemory  # noqa: E402  (sets the CPU allocator before torch is imported)
+from bench_hsa import PeakMemory, mib  # noqa: E402  (sets the CPU allocator before torch is imported)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -205,13 +205,13 @@ def time_attention(opts: Options, heads: int = 12, head_dim: int = 32) -> list[d
         for method, call in _attention_calls(q, k, v, forest).items():
             with torch.no_grad():
                 call()
-                meter = PeakMemory(torch.device("cpu"))
+                meter = PeakMemory("cpu", release_heap=True).start()
                 times = []
                 for _ in range(opts.repeats):
                     begin = time.perf_counter()
                     call()
                     times.append(time.perf_counter() - begin)
-            peak = meter.peak_increase() / 2 ** 20 if meter.available else None
+            peak = mib(meter.peak_increase())
             flops = opts.batch * attention_flops(length, heads, head_dim, None if method in ("sdpa", "eager")
                                                  else method.removeprefix("hsa-"))
             records.append({"length": length, "method": method, "median_ms": statistics.median(times) * 1e3,
