@@ -31,7 +31,9 @@ _CONFIG_FLAGS: dict[str, dict[str, Any]] = {
     "model": {"help": "model name, depends on the task"},
     "epochs": {"type": int},
     "seed": {"type": int},
-    "lr": {"type": float, "help": "AdamW learning rate"},
+    "optimizer": {"help": "adamw (decoupled weight decay; the default) or adam (weight decay as an L2 term, as the "
+                          "published GCN)"},
+    "lr": {"type": float, "help": "learning rate"},
     "weight_decay": {"type": float},
     "batch_size": {"type": int},
     "hidden": {"type": int, "help": "model width"},

@@ -20,7 +20,7 @@ from hgattn.train.checkpoint import set_rng_state, write_atomically
 from hgattn.train.config import validate_option
 from hgattn.nn import HSAConv
 from hgattn.train.flat import FlatSoftmaxConv, flat_softmax_attention
-from hgattn.train.loop import CHECKPOINT_NAME, run_name
+from hgattn.train.loop import CHECKPOINT_NAME, make_optimizer, run_name
 from hgattn.train.metrics import accuracy, macro_f1, mean_confidence_interval
 from hgattn.train.models import DeepSetBlock, TreeClassifier
 from hgattn.train.results import append_jsonl, markdown_table, read_jsonl, record_result, same_run, summarize
@@ -494,6 +494,38 @@ def test_resume_refuses_changed_options_unless_applied(tmp_path) -> None:
     assert result["config"]["lr"] == 0.5
     assert result["config_changes"] == state["config_changes"]
     assert state["config_changes"] == [{"epoch": 3, "changes": {"lr": [0.01, 0.5]}}]
+
+
+def test_optimizer_option_builds_adamw_with_decoupled_decay_or_adam_with_l2() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    start = model.weight.detach().clone()
+    for name, kind in (("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam)):
+        with torch.no_grad():
+            model.weight.copy_(start)
+        optimizer = make_optimizer(model, TrainConfig(optimizer=name, lr=0.1, weight_decay=0.5))
+        assert type(optimizer) is kind and optimizer.param_groups[0]["weight_decay"] == 0.5
+        model.zero_grad()
+        model(torch.zeros(1, 3)).sum().mul(0).backward()
+        optimizer.step()
+        # zero loss gradient: AdamW shrinks by lr * wd * w, Adam's L2 gradient wd * w moves each weight by ~lr
+        expected = start * (1 - 0.05) if name == "adamw" else start - 0.1 * start.sign()
+        torch.testing.assert_close(model.weight.detach(), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"optimizer must be one of \('adamw', 'adam'\), got 'sgd'"):
+        TrainConfig(optimizer="sgd")
+
+
+def test_checkpoint_from_before_the_optimizer_option_resumes_as_adamw(tmp_path) -> None:
+    task = _toy_task("hsa")
+    train(task, _toy_config(tmp_path))
+    path = tmp_path / run_name(_toy_config(tmp_path)) / CHECKPOINT_NAME
+    state = load_checkpoint(path)
+    del state["config"]["optimizer"]
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"optimizer='adam' \(checkpoint: 'adamw'\).*or its optimizer"):
+        train(task, _toy_config(tmp_path, epochs=3, resume=True, optimizer="adam"), apply_config_changes=True)
+    result = train(task, _toy_config(tmp_path, epochs=3, resume=True))
+    assert result["resumed_from_epoch"] == 2 and len(result["history"]) == 3 and result["config_changes"] == []
 
 
 def test_resume_without_a_checkpoint_warns_and_starts_at_epoch_one(tmp_path) -> None:

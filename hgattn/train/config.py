@@ -27,6 +27,9 @@ from typing import Any, Callable
 
 __all__ = ["TrainConfig", "load_yaml_config", "validate_option"]
 
+#: Optimizers of ``TrainConfig.optimizer``: AdamW (decoupled weight decay) and Adam (weight decay as an L2 term
+#: in the gradient, as the published GCN is trained).
+OPTIMIZERS = ("adamw", "adam")
 _AT_LEAST_ONE: tuple[Callable[[Any], bool], str] = (lambda value: value >= 1, ">= 1")
 #: Range of each numeric option: a test and how the requirement reads in an error message.
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -42,6 +45,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_graphs": _AT_LEAST_ONE,
     "articles_per_topic": _AT_LEAST_ONE,
     "threads": _AT_LEAST_ONE,
+    "optimizer": (lambda value: value in OPTIMIZERS, f"one of {OPTIMIZERS}"),
 }
 _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a non-empty string"}
 #: Floats in exponent notation without a dot (``1e-3``, ``-2E+5``), which YAML 1.1 reads as strings.
@@ -64,6 +68,7 @@ class TrainConfig:
     model: str = "hsa"
     epochs: int = 10
     seed: int = 0
+    optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-2
     batch_size: int = 32

@@ -129,8 +129,8 @@ def evaluate(
 
 #: Options that may change when a run is resumed: how long and where it runs, not what it learns.
 RUNTIME_OPTIONS = ("epochs", "resume", "progress", "device", "out_dir", "data_root", "source")
-#: Options that fix the run's identity or the shapes of its parameters: never changed on resume.
-FIXED_OPTIONS = ("task", "model", "seed", "hidden", "heads", "layers")
+#: Options that fix the run's identity, the shapes of its parameters or its optimizer: never changed on resume.
+FIXED_OPTIONS = ("task", "model", "seed", "hidden", "heads", "layers", "optimizer")
 
 
 def load_resume_state(
@@ -169,8 +169,9 @@ def load_resume_state(
     fixed = [name for name in changes if name in FIXED_OPTIONS]
     if fixed:
         raise ValueError(
-            f"cannot resume {path} with {_describe(changes, fixed)}: these options shape the model or name "
-            "the run; resume with the checkpoint's values, or choose another --out-dir for a new run"
+            f"cannot resume {path} with {_describe(changes, fixed)}: these options shape the model or its "
+            "optimizer, or name the run; resume with the checkpoint's values, or choose another --out-dir for a "
+            "new run"
         )
     if changes and not apply_changes:
         raise ValueError(
@@ -190,8 +191,20 @@ def config_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tupl
     """``{option: (checkpoint's value, new value)}`` for every option outside :data:`RUNTIME_OPTIONS` whose
     value differs between a checkpoint's saved config and ``config``."""
     new = config.to_dict()
+    saved = {**_DEFAULTS, **saved}
     names = [name for name in dict.fromkeys([*saved, *new]) if name not in RUNTIME_OPTIONS]
     return {name: (saved.get(name), new.get(name)) for name in names if saved.get(name) != new.get(name)}
+
+
+#: Options added after checkpoints were first written, at the value that older checkpoints' runs used.
+_DEFAULTS: dict[str, Any] = {"optimizer": "adamw"}
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """``config.optimizer`` (``adamw`` or ``adam``) over the model's trainable parameters, with ``config.lr``
+    and ``config.weight_decay``."""
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _describe(changes: dict[str, tuple[Any, Any]], names: list[str]) -> str:
@@ -216,9 +229,7 @@ def train(task: Task, config: TrainConfig, *, apply_config_changes: bool = False
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     model = task.build_model(config.model, config).to(device)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = make_optimizer(model, config)
     history: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
     start = 1
