@@ -20,12 +20,12 @@ from torch_geometric.nn.inits import reset
 from ...batching import batch_hierarchy
 from ...encodings import sinusoidal
 from ...hierarchy import Hierarchy
+from ..conv import HSAConv
 from ..flat import FlatSoftmaxConv
 from ..gps import HSAGPSConv
 from .tree import tree_positions
 
-__all__ = ["ASTNodeEncoder", "SequenceHead", "code_edges", "CodeGNN", "CodeTransformer",
-           "TreeFlatSoftmaxConv"]
+__all__ = ["ASTNodeEncoder", "SequenceHead", "code_edges", "CodeGNN", "CodeTransformer"]
 
 
 class ASTNodeEncoder(torch.nn.Module):
@@ -164,17 +164,6 @@ class CodeGNN(torch.nn.Module):
         return f"{self.__class__.__name__}({kind}, layers={len(self.convs)})"
 
 
-class TreeFlatSoftmaxConv(FlatSoftmaxConv):
-    """:class:`~hgattn.nn.FlatSoftmaxConv` called as :class:`~hgattn.nn.HSAConv` is (``x``, a
-    :class:`~hgattn.Hierarchy`, ``pos``): softmax attention among all leaves of each tree of the hierarchy,
-    its inner nodes ignored (the flat, one-level tree over the same leaves). ``pos`` is ``[N, C]`` per leaf.
-    """
-
-    def forward(self, x: Tensor, hierarchy: Hierarchy, pos: Tensor | None = None,
-                return_attention_weights: bool | None = None) -> Tensor:
-        return super().forward(x, hierarchy.batch, pos, return_attention_weights)
-
-
 class CodeTransformer(torch.nn.Module):
     """A GPS graph transformer over code trees: :class:`ASTNodeEncoder`, ``num_layers``
     :class:`~hgattn.nn.HSAGPSConv` layers (local GINE over :func:`code_edges`, global attention over the
@@ -182,7 +171,7 @@ class CodeTransformer(torch.nn.Module):
 
     ``attention='hsa'``: the global attention is HSA over the AST hierarchy (tokens at the leaves, one inner
     node per AST node with children), with each node's family-rank encoding (``pos`` of both node types).
-    ``attention='flat'`` (FSA): the same layers with :class:`TreeFlatSoftmaxConv`, softmax attention among
+    ``attention='flat'`` (FSA): the same layers with :class:`~hgattn.nn.FlatSoftmaxConv`, softmax attention among
     all tokens of a function, positions the sinusoidal encoding of each token's DFS index.
 
     Shapes: a batch of ``B`` code trees to ``[B * max_seq_len, num_classes]``.
@@ -201,14 +190,9 @@ class CodeTransformer(torch.nn.Module):
 
     def _layer(self, channels: int, heads: int, dropout: float) -> HSAGPSConv:
         local = GINEConv(MLP([channels, channels, channels], norm=None), edge_dim=2)
-        layer = HSAGPSConv(channels, local, heads=heads, dropout=dropout,
-                           attn_kwargs={"pos_channels": self.pos_channels})
-        if self.attention == "flat":
-            attn = layer.attn
-            layer.attn = TreeFlatSoftmaxConv(channels, channels // heads, heads=heads, concat=True,
-                                             qk_norm=attn.qk_norm, include_self=attn.include_self,
-                                             pos_channels=self.pos_channels, root_weight=False)
-        return layer
+        return HSAGPSConv(channels, local, heads=heads, dropout=dropout,
+                          attn_kwargs={"pos_channels": self.pos_channels},
+                          attention=HSAConv if self.attention == "hsa" else FlatSoftmaxConv)
 
     def reset_parameters(self) -> None:
         self.encoder.reset_parameters()
