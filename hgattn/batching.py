@@ -23,10 +23,12 @@ __all__ = ["TreeCollater", "TreeLoader", "batch_hierarchy", "attach_hierarchy", 
            "reads_storage"]
 
 
-def attach_hierarchy(data: HeteroData) -> HeteroData:
-    """Store ``Hierarchy.from_hetero(data)``, with the plans of an eager :func:`~hgattn.hsa` call built
-    (``build_plans(..., for_compile=False)``), as ``data.hierarchy``; returns ``data``."""
-    data.hierarchy = build_plans(Hierarchy.from_hetero(data), for_compile=False)
+def attach_hierarchy(data: HeteroData, plans: bool = True) -> HeteroData:
+    """Store ``Hierarchy.from_hetero(data)`` as ``data.hierarchy``, with the plans of an eager
+    :func:`~hgattn.hsa` call built (``build_plans(..., for_compile=False)``) when ``plans`` (``False`` for a
+    model that reads the tree but calls no HSA, e.g. flat attention); returns ``data``."""
+    hierarchy = Hierarchy.from_hetero(data)
+    data.hierarchy = build_plans(hierarchy, for_compile=False) if plans else hierarchy
     return data
 
 
@@ -156,11 +158,13 @@ def _cumsum(sizes: Tensor) -> Tensor:
 # ---------------------------------------------------------------- the loader
 class TreeCollater:
     """``collate_fn``: a batch of ``HeteroData`` trees (a list, batched by PyG, or a part of an
-    ``InMemoryDataset``, read by :func:`storage_batch`), with :func:`attach_hierarchy` when ``hierarchy``."""
+    ``InMemoryDataset``, read by :func:`storage_batch`), with :func:`attach_hierarchy` (and its ``plans``) when
+    ``hierarchy``."""
 
     def __init__(self, follow_batch: Sequence[str] | None = None, exclude_keys: Sequence[str] | None = None,
-                 hierarchy: bool = True) -> None:
-        self.follow_batch, self.exclude_keys, self.hierarchy = follow_batch, exclude_keys, hierarchy
+                 hierarchy: bool = True, plans: bool = True) -> None:
+        self.follow_batch, self.exclude_keys = follow_batch, exclude_keys
+        self.hierarchy, self.plans = hierarchy, plans
         self._reader: _StorageReader | None = None
 
     def __call__(self, data: list[HeteroData] | InMemoryDataset) -> Batch:
@@ -170,7 +174,7 @@ class TreeCollater:
             batch = self._reader(torch.as_tensor(list(data.indices()), dtype=torch.long))
         else:
             batch = Batch.from_data_list(data, self.follow_batch, self.exclude_keys)
-        return attach_hierarchy(batch) if self.hierarchy else batch
+        return attach_hierarchy(batch, self.plans) if self.hierarchy else batch
 
 
 class TreeLoader(torch.utils.data.DataLoader):
@@ -185,16 +189,18 @@ class TreeLoader(torch.utils.data.DataLoader):
         follow_batch, exclude_keys: as PyG's ``DataLoader`` (they make it batch by PyG).
         hierarchy: attach each batch's hierarchy (``False``: the batches alone, e.g. for a model without
             attention).
+        plans: build the HSA kernels' plans with the hierarchy (``False``: the tree alone, for a model that
+            calls no HSA).
         **kwargs: any other ``DataLoader`` argument (``num_workers``, ``sampler``, ``generator``, ...).
     """
 
     def __init__(self, dataset: Any, batch_size: int = 1, shuffle: bool = False,
                  follow_batch: Sequence[str] | None = None, exclude_keys: Sequence[str] | None = None,
-                 hierarchy: bool = True, **kwargs: Any) -> None:
+                 hierarchy: bool = True, plans: bool = True, **kwargs: Any) -> None:
         if "collate_fn" in kwargs:
             raise ValueError("TreeLoader builds its own collate_fn (TreeCollater); use torch's DataLoader to "
                              "pass another")
-        collate = TreeCollater(follow_batch, exclude_keys, hierarchy)
+        collate = TreeCollater(follow_batch, exclude_keys, hierarchy, plans)
         if follow_batch or exclude_keys or not reads_storage(dataset) or "batch_sampler" in kwargs:
             super().__init__(dataset, batch_size, shuffle, collate_fn=collate, **kwargs)
             return

@@ -48,6 +48,13 @@ def test_tree_loader_batches_carry_their_hierarchy_and_give_the_same_logits():
         torch.testing.assert_close(model(carried), model(plain), rtol=0, atol=0)
 
 
+def test_plans_false_attaches_the_tree_without_the_kernels_plans():
+    trees = [tree(seed) for seed in range(4)]
+    batch = next(iter(TreeLoader(trees, batch_size=4, plans=False)))
+    assert batch.hierarchy.num_trees == 4 and not batch.hierarchy._plans
+    assert torch.equal(batch.hierarchy.parent, Hierarchy.from_hetero(batch).parent)
+
+
 def test_the_hierarchy_travels_to_worker_processes_and_back():
     trees = [tree(seed) for seed in range(6)]
     batch = next(iter(TreeLoader(trees, batch_size=6, num_workers=1)))

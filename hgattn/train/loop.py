@@ -46,13 +46,13 @@ def compute_loss(task: Task, logits: Tensor, y: Tensor) -> Tensor:
 def _loader(task: Task, split: str, config: TrainConfig, epoch: int) -> Iterable[Any]:
     """Batches of a graph task's split; training batches are shuffled by a generator seeded with
     ``(seed, epoch)`` (so a resumed run sees the same order), split over ranks when distributed."""
-    dataset = task.splits[split]
+    dataset, collate = task.splits[split], {"hierarchy": task.hierarchy_in_collate, "plans": task.plans_in_collate}
     if split != "train":
-        return TreeLoader(dataset, batch_size=config.batch_size, hierarchy=task.hierarchy_in_collate)
+        return TreeLoader(dataset, batch_size=config.batch_size, **collate)
     sampler = distributed.train_sampler(dataset, config.seed, epoch)
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     return TreeLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                      generator=generator, hierarchy=task.hierarchy_in_collate)
+                      generator=generator, **collate)
 
 
 def _train_epoch(

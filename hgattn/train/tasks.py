@@ -33,7 +33,8 @@ class Task:
     ``target_type``.
     ``evaluate(logits, y)`` gives the metrics; ``metric`` is the one that selects the best epoch. With
     ``hierarchy_in_collate`` each batch's hierarchy is built in the collate of the training loop's
-    :class:`~hgattn.batching.TreeLoader` (for models that attend over it).
+    :class:`~hgattn.batching.TreeLoader` (for models that attend over it), with the HSA kernels' plans when
+    ``plans_in_collate`` (not for a model that reads the tree but calls no HSA).
     """
 
     name: str
@@ -47,6 +48,7 @@ class Task:
     graph: HeteroData | None = None
     target_type: str = "node"
     hierarchy_in_collate: bool = False
+    plans_in_collate: bool = True
 
 
 def classification_metrics(num_classes: int) -> Callable[[Tensor, Tensor], dict[str, float]]:
@@ -317,9 +319,9 @@ MOLECULE_MODELS = ("gcn", "gin", "gps-hsa", "gps-fsa")
 def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
     """An ``ogbg-mol*`` dataset with OGB's scaffold split and ``Evaluator``: GCN / GIN (OGB's AtomEncoder)
     against the HSA graph transformer over MoleculeHierarchy trees (``gps-hsa``) and the same transformer with
-    dense softmax attention over each molecule's atoms (``gps-fsa``, GraphGPS's layer). ``max_graphs`` keeps a seeded random
-    subset of each split part, in proportion to its size (OGB's scaffold split puts its validation molecules
-    late in the file, so the first molecules alone would have none)."""
+    dense softmax attention over each molecule's atoms (``gps-fsa``, GraphGPS's layer). ``max_graphs`` keeps a
+    seeded random subset of each split part, in proportion to its size (OGB's scaffold split puts its
+    validation molecules late in the file, so the first molecules alone would have none)."""
 
     def load(config: TrainConfig) -> Task:
         from ..datasets import OGBMoleculeDataset
@@ -354,7 +356,8 @@ def load_ogb_molecules(name: str) -> Callable[[TrainConfig], Task]:
                                  f"(max_graphs={config.max_graphs}): {error}; use more graphs") from error
 
         return Task(name, "graph", "bce", "roc_auc", dataset.num_tasks, build, evaluate, splits=splits,
-                    hierarchy_in_collate=config.model in ("gps-hsa", "gps-fsa"))
+                    hierarchy_in_collate=config.model in ("gps-hsa", "gps-fsa"),
+                    plans_in_collate=config.model == "gps-hsa")
 
     return load
 
@@ -525,7 +528,8 @@ def code_task(name: str, dataset: Dataset, config: TrainConfig) -> Task:
                                heads=cfg.heads, pos_channels=dataset.pos_dim, dropout=cfg.dropout)
 
     return Task(name, "graph", "cross_entropy", "f1", num_classes, build, subtoken_metrics(dataset.vocab),
-                splits=splits)
+                splits=splits, hierarchy_in_collate=config.model in ("hsa", "fsa"),
+                plans_in_collate=config.model == "hsa")
 
 
 def load_python_code(config: TrainConfig) -> Task:
