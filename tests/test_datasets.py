@@ -301,6 +301,18 @@ def test_ogbg_molfreesolv(tmp_path):
     assert len(small) == 16 and torch.equal(small[7]["atom"].pos, dataset[7]["atom"].pos)
 
 
+def test_ogbg_molecule_tree_builder_is_the_pre_transform(tmp_path):
+    from hgattn.datasets.ogb import OGBMoleculeDataset
+    from hgattn.transforms import MoleculeHierarchy
+
+    source = _ogb_source("ogbg_molfreesolv")
+    default = OGBMoleculeDataset("ogbg-molfreesolv", str(tmp_path), source=source, limit=8)
+    narrow = OGBMoleculeDataset("ogbg-molfreesolv", str(tmp_path), limit=8, pre_transform=MoleculeHierarchy(2))
+    assert (default.pos_dim, narrow.pos_dim) == (4, 2) and default.processed_dir != narrow.processed_dir
+    assert narrow[3]["atom"].pos.shape == (default.ogb[3].num_nodes, 2)
+    assert torch.equal(narrow[3]["atom", "in", "clique"].edge_index, default[3]["atom", "in", "clique"].edge_index)
+
+
 def test_ogbg_damaged_processed_files_are_rebuilt(tmp_path):
     from hgattn.datasets.ogb import OGBMoleculeDataset
 

@@ -221,8 +221,9 @@ class OGBMoleculeDataset(IntegrityMixin, InMemoryDataset):
 
     The molecules come from ``ogb.graphproppred.PygGraphPropPredDataset(name, root)`` (OGB's files and scaffold
     split; downloaded by ogb where a network exists, or copied once from ``source``, a folder in OGB's layout).
-    Each becomes ``molecule -> cliques -> atoms`` (:class:`~hgattn.transforms.MoleculeHierarchy`), with OGB's
-    ``x``, ``edge_attr`` and ``y`` ``[1, num_tasks]``.
+    Each becomes a tree by the builder ``pre_transform``, by default ``molecule -> cliques -> atoms``
+    (:class:`~hgattn.transforms.MoleculeHierarchy`), with OGB's ``x``, ``edge_attr`` and ``y``
+    ``[1, num_tasks]``; one processed folder per builder.
 
     ``split_idx``: OGB's split (``train``, ``valid``, ``test``), restricted to the kept graphs.
 
@@ -235,22 +236,30 @@ class OGBMoleculeDataset(IntegrityMixin, InMemoryDataset):
         root: folder of the OGB dataset; the trees are stored in ``<root>/<name>/hgattn``.
         source: optional OGB-layout folder to copy into ``root`` when the dataset is not there yet.
         limit: keep only the first ``limit`` molecules (``None``: all).
-        pos_dim: Laplacian eigenvectors per position feature.
+        pos_dim: Laplacian eigenvectors per position feature of the default builder.
+        pre_transform: the tree builder (a molecule ``Data`` to a ``HeteroData`` tree with ``atom`` leaves; its
+            ``build_many(graphs)`` is used when it has one); default ``MoleculeHierarchy(pos_dim=pos_dim)``.
     """
 
     def __init__(self, name: str, root: str, source: str | Path | None = None, limit: int | None = None,
-                 pos_dim: int = 4, transform: Callable | None = None, force_reload: bool = False) -> None:
+                 pos_dim: int = 4, transform: Callable | None = None, force_reload: bool = False,
+                 pre_transform: Callable | None = None) -> None:
+        from ..transforms.molecule import MoleculeHierarchy
+
         if not name.startswith("ogbg-mol"):
             raise ValueError(f"OGBMoleculeDataset: {name!r} is not an ogbg-mol* dataset")
         if limit is not None and limit < 1:
             raise ValueError(f"OGBMoleculeDataset: limit must be >= 1, got {limit}")
-        self.name, self.limit, self.pos_dim = name, limit, pos_dim
+        self.name, self.limit = name, limit
+        if pre_transform is None:
+            pre_transform = MoleculeHierarchy(pos_dim=pos_dim)
         if source is not None:
             copy_ogb_folder(source, root, name)
         module = _ogb("graphproppred")
         folder = ogb_folder(root, name)
         self.ogb = open_ogb_dataset(lambda: module.PygGraphPropPredDataset(name=name, root=root), folder, name)
-        super().__init__(str(Path(root) / name.replace("-", "_") / "hgattn"), transform, force_reload=force_reload)
+        super().__init__(str(Path(root) / name.replace("-", "_") / "hgattn"), transform, pre_transform,
+                         force_reload=force_reload)
         self.load(self.processed_paths[0])
         verify_ogb_split(folder, self.ogb.meta_info["split"], name)
         with ogb_compat():
@@ -258,19 +267,27 @@ class OGBMoleculeDataset(IntegrityMixin, InMemoryDataset):
         self.split_idx = {key: index[index < len(self)] for key, index in split.items()}
 
     @property
+    def processed_dir(self) -> str:
+        return processed_folder(self.root, self.pre_transform)
+
+    @property
     def processed_file_names(self) -> list[str]:
-        return [f"molecules_{self.limit or 'all'}_pos{self.pos_dim}.pt"]
+        return [f"molecules_{self.limit or 'all'}.pt"]
 
     def process(self) -> None:
-        from ..transforms.molecule import MoleculeHierarchy
-
-        builder = MoleculeHierarchy(pos_dim=self.pos_dim)
+        builder = self.pre_transform
+        build_many = getattr(builder, "build_many", None) or (lambda graphs: [builder(graph) for graph in graphs])
         count = len(self.ogb) if self.limit is None else min(self.limit, len(self.ogb))
         trees = []
         for start in range(0, count, MOLECULE_CHUNK):
-            graphs = [self.ogb[i] for i in range(start, min(start + MOLECULE_CHUNK, count))]
-            trees.extend(builder.build_many(graphs))
+            trees.extend(build_many([self.ogb[i] for i in range(start, min(start + MOLECULE_CHUNK, count))]))
         self.save(trees, self.processed_paths[0])
+
+    @property
+    def pos_dim(self) -> int:
+        """Channels of the atoms' ``pos`` (0 when the trees have none)."""
+        atoms = self._data["atom"]
+        return int(atoms.pos.size(-1)) if "pos" in atoms else 0
 
     def count_problem(self) -> str | None:
         expected = len(self.ogb) if self.limit is None else min(self.limit, len(self.ogb))
